@@ -1,0 +1,35 @@
+"""qdrift: run a model in float and under any quantization scheme side by side, reproduce what
+real backends compute (bit-exactly where they are integer), and measure where the error is born.
+
+The C++ core lives in ``qdrift._core``; this package re-exports it with Python conveniences.
+"""
+from __future__ import annotations
+
+from . import _core
+from ._core import (  # noqa: F401  (re-exports)
+    ConfigError,
+    DataError,
+    DTypeError,
+    Error,
+    ShapeError,
+    UnsupportedError,
+    QuantParams,
+    __version__,
+    cast,
+    fake_quant,
+    fake_quant_backward,
+    fake_quant_lsq_backward,
+    from_bits,
+    quantize_multiplier,
+    requantize,
+    to_bits,
+)
+from . import tflite  # noqa: F401
+from .quantizer import Quantizer
+
+__all__ = [
+    "ConfigError", "DataError", "DTypeError", "Error", "ShapeError", "UnsupportedError",
+    "QuantParams", "Quantizer", "cast", "fake_quant", "fake_quant_backward",
+    "fake_quant_lsq_backward", "from_bits", "quantize_multiplier", "requantize", "to_bits",
+    "tflite", "__version__",
+]
