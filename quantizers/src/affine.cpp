@@ -13,12 +13,6 @@
 namespace qdrift {
 namespace {
 
-struct SlotParams {
-  float scale;
-  std::int32_t zero_point;
-  float inv_scale;
-};
-
 // torch.ao.quantization.observer._calculate_qparams, in float32 as torch computes it.
 SlotParams torch_params(const QuantSpec& spec, float min, float max) {
   constexpr float kEps = std::numeric_limits<float>::epsilon();  // torch.finfo(float32).eps
@@ -54,24 +48,18 @@ SlotParams tflite_params(const QuantSpec& spec, bool per_channel, float min, flo
     p = {a.scale, a.zero_point, 1.0f / a.scale};
   } else {
     const float range = std::max(std::fabs(std::min(min, 0.0f)), std::fabs(std::max(max, 0.0f)));
-    if (per_channel) {
-      // ExpandVerySmallRange: a (near-)zero channel gets the range +-5e-7.
-      const float m = 2.0f * range <= 1e-6f ? 5e-7f : range;
-      p.scale = (2.0f * m) / 254.0f;
-      p.inv_scale = static_cast<float>(1.0 / static_cast<double>(p.scale));
-    } else if (range == 0.0f) {
-      p.scale = 1.0f;            // toco: an all-zero tensor gets scale 1 and all-zero codes
-      p.inv_scale = 1.0f;
-    } else {
-      p.scale = range / 127.0f;
-      p.inv_scale = 127.0f / range;   // toco computes the inverse separately, not as 1/scale
-    }
-    p.zero_point = 0;
+    const tflite::SymmetricScale w = tflite::weight_scale(range, per_channel, tflite::WeightScheme::kPtq);
+    p = {w.scale, 0, w.inv_scale};
   }
   return p;
 }
 
 }  // namespace
+
+SlotParams slot_params(const QuantSpec& spec, bool per_channel, float min, float max) {
+  return spec.formula == ParamFormula::kTflite ? tflite_params(spec, per_channel, min, max)
+                                               : torch_params(spec, min, max);
+}
 
 QuantParams params_from_ranges(const QuantSpec& spec, const std::vector<float>& min,
                                const std::vector<float>& max, const SliceLayout& layout,
@@ -93,8 +81,7 @@ QuantParams params_from_ranges(const QuantSpec& spec, const std::vector<float>& 
   for (std::size_t i = 0; i < min.size(); ++i) {
     QDRIFT_CHECK(std::isfinite(min[i]) && std::isfinite(max[i]) && min[i] <= max[i], DataError,
                  "params_from_ranges: slot ", i, " has an invalid range [", min[i], ", ", max[i], "]");
-    const SlotParams s = spec.formula == ParamFormula::kTflite ? tflite_params(spec, per_channel, min[i], max[i])
-                                                               : torch_params(spec, min[i], max[i]);
+    const SlotParams s = slot_params(spec, per_channel, min[i], max[i]);
     p.scale.push_back(s.scale);
     p.zero_point.push_back(s.zero_point);
     p.inv_scale.push_back(s.inv_scale);

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "qdrift/core/error.h"
@@ -80,7 +81,7 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 }  // namespace
 
 TEST_CASE("affine: every instruction-set variant of the fast kernels equals the reference bit for bit") {
-  for (const auto& isa : qdrift::detail::available_isa_kernels()) MESSAGE("fast kernels compiled and runnable: ", isa.name);
+  for (const auto& isa : qdrift::detail::available_isa_kernels()) MESSAGE("fast kernels compiled and runnable: ", std::string(isa.name));
   auto rng = qdrift::testing::make_rng(2);
   CAPTURE(qdrift::testing::test_seed());
   const Rounding rules[] = {Rounding::kHalfEven, Rounding::kHalfAway, Rounding::kHalfUp, Rounding::kFloor,

@@ -75,6 +75,7 @@ def test_every_width_sign_and_narrow_range_round_trips_its_codes():
 
 def test_stochastic_rounding_is_seeded_and_unbiased():
     x = np.full(200_000, 0.3, np.float32)
+    x[0] = 1.0   # fixes the scale at 1/127.5, so 0.3 sits at code 38.25
     a = qd.Quantizer(rounding="stochastic", seed=1, mode="dynamic", symmetric=True)
     b = qd.Quantizer(rounding="stochastic", seed=1, mode="dynamic", symmetric=True)
     c = qd.Quantizer(rounding="stochastic", seed=2, mode="dynamic", symmetric=True)
@@ -82,7 +83,7 @@ def test_stochastic_rounding_is_seeded_and_unbiased():
     assert np.array_equal(ya, yb) and not np.array_equal(ya, yc)
     # Mean of the rounded values is the input, within 5 binomial standard deviations.
     s = float(a.params_for(x).scale)
-    assert abs(ya.astype(np.float64).mean() - 0.3) < 5 * s * 0.5 / np.sqrt(x.size)
+    assert abs(ya[1:].astype(np.float64).mean() - 0.3) < 5 * s * 0.5 / np.sqrt(x.size)
 
 
 def test_float_format_quantizer_is_a_cast(rng):

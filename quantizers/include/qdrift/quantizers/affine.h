@@ -24,6 +24,15 @@ namespace qdrift {
 //                +-Inf -> qmax / qmin.
 //  * observers:  NaN and Inf are rejected with DataError (a range cannot contain them).
 
+// Scale, zero point and the quantizer's inverse scale of one slot whose observed range is
+// [min, max] (widened to include 0), by spec.formula.
+struct SlotParams {
+  float scale;
+  std::int32_t zero_point;
+  float inv_scale;
+};
+SlotParams slot_params(const QuantSpec& spec, bool per_channel, float min, float max);
+
 // Parameters from per-slot ranges [min[i], max[i]] (widened to include 0) by spec.formula.
 // `shape` is the observed tensor's shape (it fixes the parameter layout).
 QuantParams params_from_ranges(const QuantSpec& spec, const std::vector<float>& min,

@@ -33,6 +33,15 @@ struct QuantizedWeights {
   std::vector<std::int8_t> values; // same layout as the float weights, in [-127, 127]
 };
 
+// Scale of one symmetric narrow-range int8 weight slot whose largest |w| is max_abs, and the
+// float inverse the converter multiplies by: q = clamp(RHA(f32(w * inv_scale)), -127, 127).
+// kDynamicRange divides in double instead (quantize_weights); its inv_scale is only f32(1/scale).
+struct SymmetricScale {
+  float scale = 1.0f;
+  float inv_scale = 1.0f;
+};
+SymmetricScale weight_scale(float max_abs, bool per_channel, WeightScheme scheme);
+
 // Symmetric narrow-range int8 weights. axis < 0 or per_channel == false: one scale for the
 // whole tensor. Throws ShapeError / DataError (NaN/Inf weights).
 QuantizedWeights quantize_weights(const float* w, const Shape& shape, bool per_channel, int axis,
