@@ -9,6 +9,7 @@ void bind_fixed_point(py::module_& m);
 void bind_float_format(py::module_& m);
 void bind_quantizers(py::module_& m);
 void bind_tflite(py::module_& m);
+void bind_ops(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "qdrift C++ core (private). Import `qdrift`, not `qdrift._core`.";
@@ -17,5 +18,6 @@ PYBIND11_MODULE(_core, m) {
   bind_float_format(m);
   bind_quantizers(m);
   bind_tflite(m);
+  bind_ops(m);
   m.attr("__version__") = QDRIFT_VERSION_STRING;
 }

@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0
+// Float layers: fast paths against the reference over random shapes (padding, stride,
+// dilation, groups, depthwise, batch 1), invariants (1x1 conv == dense, depthwise == grouped
+// conv, RNN with T = 1 == dense + tanh), and named errors.
+#include <doctest/doctest.h>
+
+#include <array>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "qdrift/core/error.h"
+#include "qdrift/ops/ops.h"
+#include "testing/random.h"
+
+using qdrift::Activation;
+using qdrift::Path;
+
+namespace {
+
+std::vector<float> random_vector(std::size_t n, std::mt19937_64& rng) {
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<float> abs_of(std::vector<float> v) {
+  for (auto& x : v) x = std::fabs(x);
+  return v;
+}
+
+// Tolerance for float32 sums of `depth` products (fast) vs a double-accumulated reference:
+// the classical bound depth * 2^-24 * sum|x*w|, where sum|x*w| is the reference run on
+// absolute values. A wrong index or padding error is of the order of |y| itself.
+void check_close(const std::vector<float>& fast, const std::vector<float>& ref, const std::vector<float>& magnitude,
+                 std::size_t depth) {
+  REQUIRE(fast.size() == ref.size());
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    CAPTURE(i);
+    const double tol = static_cast<double>(depth + 2) * 0x1p-24 * magnitude[i] + 1e-30;
+    REQUIRE(std::fabs(static_cast<double>(fast[i]) - ref[i]) <= tol);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("ops: conv2d fast paths match the reference on random geometries") {
+  auto rng = qdrift::testing::make_rng(11);
+  CAPTURE(qdrift::testing::test_seed());
+  std::uniform_int_distribution<std::size_t> small(1, 4), size(1, 9), chan(1, 6);
+  for (int trial = 0; trial < 300; ++trial) {
+    const std::size_t groups = trial % 3 == 0 ? chan(rng) : (trial % 3 == 1 ? 1 : 2);
+    const std::size_t cg = trial % 5 == 0 ? 1 : chan(rng);
+    const std::size_t og = chan(rng);
+    const std::size_t n = small(rng), kh = small(rng), kw = small(rng);
+    const std::size_t sh = small(rng), sw = small(rng), dh = trial % 4 == 0 ? 2 : 1, dw = trial % 7 == 0 ? 3 : 1;
+    const auto padding = trial % 2 ? qdrift::Padding::kSame : qdrift::Padding::kValid;
+    const std::size_t h = (kh - 1) * dh + size(rng), w = (kw - 1) * dw + size(rng);
+    const qdrift::Shape xs{n, h, w, cg * groups}, ks{kh, kw, cg, og * groups};
+    CAPTURE(qdrift::shape_to_string(xs));
+    CAPTURE(qdrift::shape_to_string(ks));
+    CAPTURE(sh);
+    CAPTURE(sw);
+    CAPTURE(dh);
+    CAPTURE(dw);
+    CAPTURE(groups);
+    CAPTURE(trial % 2 ? "same" : "valid");
+    const auto g = qdrift::make_conv_geometry(xs, ks, sh, sw, dh, dw, padding, groups, "test");
+    const auto x = random_vector(qdrift::num_elements(xs), rng), k = random_vector(qdrift::num_elements(ks), rng),
+               b = random_vector(ks[3], rng);
+    const std::size_t out = g.n * g.oh * g.ow * g.o;
+    std::vector<float> fast(out), ref(out), mag(out);
+    qdrift::conv2d(g, x.data(), k.data(), b.data(), Activation::kLinear, fast.data(), Path::kFast);
+    qdrift::conv2d(g, x.data(), k.data(), b.data(), Activation::kLinear, ref.data(), Path::kReference);
+    qdrift::conv2d(g, abs_of(x).data(), abs_of(k).data(), abs_of(b).data(), Activation::kLinear, mag.data(),
+                   Path::kReference);
+    check_close(fast, ref, mag, kh * kw * cg);
+  }
+}
+
+TEST_CASE("ops: SAME padding follows TensorFlow (extra pixel after)") {
+  // in 4, k 2, stride 1: total padding 1, all of it after.
+  auto g = qdrift::make_conv_geometry({1, 4, 4, 1}, {2, 2, 1, 1}, 1, 1, 1, 1, qdrift::Padding::kSame, 1, "t");
+  CHECK(g.oh == 4);
+  CHECK(g.pad_top == 0);
+  // in 5, k 3, stride 2, dilation 2: effective 5, out 3, total 4, before 2.
+  g = qdrift::make_conv_geometry({1, 5, 5, 1}, {3, 3, 1, 1}, 2, 2, 2, 2, qdrift::Padding::kSame, 1, "t");
+  CHECK(g.oh == 3);
+  CHECK(g.pad_top == 2);
+  // VALID with a stride that does not divide: in 6, k 3, s 2 -> 2.
+  g = qdrift::make_conv_geometry({1, 6, 6, 1}, {3, 3, 1, 1}, 2, 2, 1, 1, qdrift::Padding::kValid, 1, "t");
+  CHECK(g.oh == 2);
+}
+
+TEST_CASE("ops: dense fast matches reference; 1x1 conv equals dense") {
+  auto rng = qdrift::testing::make_rng(12);
+  for (const auto& [n, in, out] : std::vector<std::array<std::size_t, 3>>{{1, 1, 1}, {3, 17, 5}, {64, 33, 65}, {2, 0, 3}}) {
+    CAPTURE(n);
+    CAPTURE(in);
+    CAPTURE(out);
+    const qdrift::DenseShape s{n, in, out};
+    const auto x = random_vector(n * in, rng), w = random_vector(in * out, rng), b = random_vector(out, rng);
+    std::vector<float> fast(n * out), ref(n * out), mag(n * out);
+    qdrift::dense(s, x.data(), w.data(), b.data(), Activation::kLinear, fast.data(), Path::kFast);
+    qdrift::dense(s, x.data(), w.data(), b.data(), Activation::kLinear, ref.data(), Path::kReference);
+    qdrift::dense(s, abs_of(x).data(), abs_of(w).data(), abs_of(b).data(), Activation::kLinear, mag.data(),
+                  Path::kReference);
+    check_close(fast, ref, mag, in);
+    if (in == 0) continue;
+    // The same numbers as a 1x1 convolution over an (n, 1, 1, in) image: identical references.
+    const auto g = qdrift::make_conv_geometry({n, 1, 1, in}, {1, 1, in, out}, 1, 1, 1, 1, qdrift::Padding::kValid, 1, "t");
+    std::vector<float> conv(n * out);
+    qdrift::conv2d(g, x.data(), w.data(), b.data(), Activation::kLinear, conv.data(), Path::kReference);
+    CHECK(conv == ref);
+  }
+}
+
+TEST_CASE("ops: simple RNN with one step equals dense + tanh") {
+  auto rng = qdrift::testing::make_rng(13);
+  const std::size_t n = 3, f = 5, u = 4;
+  const auto x = random_vector(n * f, rng), k = random_vector(f * u, rng), r = random_vector(u * u, rng),
+             b = random_vector(u, rng);
+  const auto s = qdrift::make_rnn_shape({n, 1, f}, {f, u}, {u, u}, u, "t");
+  for (Path p : {Path::kReference, Path::kFast}) {
+    std::vector<float> states(n * u), dense(n * u);
+    qdrift::simple_rnn(s, x.data(), k.data(), r.data(), b.data(), nullptr, Activation::kTanh, false, states.data(), p);
+    qdrift::dense({n, f, u}, x.data(), k.data(), b.data(), Activation::kTanh, dense.data(), p);
+    CHECK(states == dense);   // h0 = 0 adds exactly 0.0 to each pre-activation
+  }
+}
+
+TEST_CASE("ops: errors name the layer and the cause") {
+  using qdrift::make_conv_geometry;
+  using qdrift::Padding;
+  CHECK_THROWS_WITH_AS(make_conv_geometry({1, 5, 5}, {3, 3, 1, 1}, 1, 1, 1, 1, Padding::kValid, 1, "conv2d 'c1'"),
+                       doctest::Contains("conv2d 'c1': the input must be NHWC"), qdrift::ShapeError);
+  CHECK_THROWS_WITH_AS(make_conv_geometry({1, 5, 5, 3}, {3, 3, 2, 1}, 1, 1, 1, 1, Padding::kValid, 1, "c"),
+                       doctest::Contains("the input has 3 channels but the kernel"), qdrift::ShapeError);
+  CHECK_THROWS_WITH_AS(make_conv_geometry({1, 2, 5, 1}, {3, 3, 1, 1}, 1, 1, 1, 1, Padding::kValid, 1, "c"),
+                       doctest::Contains("input has only 2 under VALID"), qdrift::ShapeError);
+  CHECK_THROWS_WITH_AS(make_conv_geometry({1, 5, 5, 1}, {3, 3, 1, 1}, 0, 1, 1, 1, Padding::kValid, 1, "c"),
+                       doctest::Contains("strides must be positive"), qdrift::ConfigError);
+  CHECK_THROWS_WITH_AS(make_conv_geometry({0, 5, 5, 1}, {3, 3, 1, 1}, 1, 1, 1, 1, Padding::kValid, 1, "c"),
+                       doctest::Contains("the batch is empty"), qdrift::ShapeError);
+  CHECK_THROWS_WITH_AS(qdrift::make_dense_shape({2, 3}, {4, 5}, nullptr, 0, "dense 'd'"),
+                       doctest::Contains("dense 'd': the input's last axis has 3 features but the kernel expects 4"),
+                       qdrift::ShapeError);
+  CHECK_THROWS_AS(qdrift::parse_activation("gelu"), qdrift::ConfigError);
+}
