@@ -20,6 +20,9 @@ float round_to_format(float x, Format f);
 void cast(Format f, const float* x, std::size_t n, float* y);
 void to_bits(Format f, const float* x, std::size_t n, std::uint16_t* bits);
 void from_bits(Format f, const std::uint16_t* bits, std::size_t n, float* y);
+// 8-bit codes for the fp8 formats (ConfigError for a 16-bit format).
+void to_bits(Format f, const float* x, std::size_t n, std::uint8_t* bits);
+void from_bits(Format f, const std::uint8_t* bits, std::size_t n, float* y);
 
 int format_bits(Format f);  // 16 or 8
 double format_max(Format f);  // largest finite value

@@ -1,0 +1,10 @@
+"""The float layer ops (C++), callable on numpy arrays in Keras layouts."""
+from ._core import (  # noqa: F401
+    activation,
+    batch_norm,
+    conv2d,
+    dense,
+    depthwise_conv2d,
+    fold_batch_norm,
+    simple_rnn,
+)
