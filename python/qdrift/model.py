@@ -64,6 +64,11 @@ def _weight_quantizer(spec, weight_name, weight):
     return q, weight.shape
 
 
+def _tap_name(layer):
+    # A layer with a BN folded in outputs what the BN did: its tap carries the BN's name.
+    return getattr(layer, "folded", [layer.name])[-1]
+
+
 class _ReshapedQuantizer:
     """Quantizes a weight through a reshaped view (depthwise kernels per output channel)."""
 
@@ -133,9 +138,7 @@ class Sequential:
             x = layer.forward(x, q=q, path=path, taps=tapped)
             x = _fq(q.output if q else None, x)
             if tapped is not None:
-                tapped[layer.name] = x
-                for folded in getattr(layer, "folded", []):   # a BN folded into this layer
-                    tapped[folded] = x
+                tapped[_tap_name(layer)] = x
         return (x, tapped) if taps else x
 
     def predict(self, x, batch_size=256, path="auto"):
@@ -251,7 +254,7 @@ class Sequential:
             for layer in self.layers:
                 lq = self.quant[layer.name]
                 if self._static(lq.output):
-                    lq.output.observe(taps[layer.name])
+                    lq.output.observe(taps[_tap_name(layer)])
                 if self._static(lq.state):
                     lq.state.observe(taps[f"{layer.name}/states"])
         for q in needs:

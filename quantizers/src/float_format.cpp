@@ -141,7 +141,7 @@ std::uint16_t encode(float x, const FloatSpec& s) {
   // The format's spacing at |x| is 2^q_exp: M bits below the leading bit, but never below the
   // subnormal spacing 2^(emin - M). Round m * 2^e to a multiple of it, once, half to even.
   // q_exp - e >= 1 here: every format has M < 23 and emin >= -126.
-  const int lead = e + bit_width(m) - 1;   // floor(log2 |x|)
+  const int lead = e32 != 0 ? static_cast<int>(e32) - 127 : e + bit_width(m) - 1;   // floor(log2 |x|)
   int q_exp = (lead > s.emin() ? lead : s.emin()) - m_bits;
   std::uint32_t q = shift_right_half_even(m, q_exp - e);
   // |x| ~ q * 2^q_exp. A carry out of the top (q == 2^(M+1)) moves to the next binade; a

@@ -112,3 +112,14 @@ def test_spec_round_trips_through_json():
     spec = json.loads(q.spec_json())
     assert spec["bits"] == 4 and spec["observer"] == "percentile" and spec["percentile"] == 99.9
     assert json.loads(qd.Quantizer(**spec).spec_json()) == spec
+
+
+def test_metrics_against_numpy(rng):
+    ref = rng.normal(size=1000).astype(np.float32)
+    x = ref + rng.normal(0, 0.01, 1000).astype(np.float32)
+    d = x.astype(np.float64) - ref
+    assert qd.metrics.mse(ref, x) == pytest.approx(np.mean(d ** 2), rel=1e-12)
+    assert qd.metrics.sqnr_db(ref, x) == pytest.approx(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum(d ** 2)),
+                                                       rel=1e-12)
+    assert qd.metrics.max_abs(ref, x) == np.abs(d).max()
+    assert qd.metrics.sqnr_db(ref, ref) == float("inf")
