@@ -243,7 +243,7 @@ void cast_kernel(const float* x, std::size_t n, float* y) {
     if constexpr (T::kMagicSubnormals) {
       const float magic = float_of(T::kMagicBits);
       const std::uint32_t sub = bits_of((float_of(a) + magic) - magic);
-      r = a < T::kMinNormalBits ? sub : r;
+      r = greater(T::kMinNormalBits, a) ? sub : r;
     }
     r = greater(r, T::kMaxBits) ? T::kOverflowBits : r;
     r |= u & 0x80000000u;
@@ -252,7 +252,7 @@ void cast_kernel(const float* x, std::size_t n, float* y) {
       // Truncated payload; an all-zero one becomes the lowest kept payload bit (see ref::encode).
       nan = (u & T::kKeepMask) | ((u & 0x007fffffu & T::kKeepMask) == 0 ? (1u << T::kDrop) : 0u);
     }
-    y[i] = float_of(a > 0x7f800000u ? nan : r);
+    y[i] = float_of(greater(a, 0x7f800000u) ? nan : r);
   }
 }
 
@@ -269,7 +269,7 @@ void to_bits_kernel(const float* x, std::size_t n, Code* bits) {
     if constexpr (T::kMagicSubnormals) {
       const float magic = float_of(T::kMagicBits);
       const std::uint32_t steps = bits_of(float_of(a) + magic) - T::kMagicBits;
-      code = a < T::kMinNormalBits ? steps : code;
+      code = greater(T::kMinNormalBits, a) ? steps : code;
     }
     code = greater(r, T::kMaxBits) ? kOverflowCode : code;
     std::uint32_t nan = kCanonicalNan;
@@ -277,7 +277,7 @@ void to_bits_kernel(const float* x, std::size_t n, Code* bits) {
       const std::uint32_t payload = (a >> T::kDrop) & T::kSpec.mantissa_mask();
       nan = T::kExpField | payload | (payload == 0 ? 1u : 0u);
     }
-    code = a > 0x7f800000u ? nan : code;
+    code = greater(a, 0x7f800000u) ? nan : code;
     bits[i] = static_cast<Code>(code | ((u >> 31) << T::kWidth));
   }
 }

@@ -66,7 +66,8 @@ def random_float32(rng, fmt, n=1_000_000):
     q = n // 4
     a = rng.integers(0, 2**32, q, dtype=np.uint64).astype(np.uint32).view(np.float32)
     top = min(fmax * 1.2, float(np.finfo(np.float32).max))   # bf16's max * 1.2 is past float32's
-    b = (rng.choice([-1.0, 1.0], q) * np.exp(rng.uniform(np.log(tiny / 4), np.log(top), q))).astype(np.float32)
+    with np.errstate(over="ignore"):
+        b = (rng.choice([-1.0, 1.0], q) * np.exp(rng.uniform(np.log(tiny / 4), np.log(top), q))).astype(np.float32)
     codes = rng.integers(0, np.iinfo(bits_t).max, q // 3).astype(bits_t)
     with np.errstate(invalid="ignore", over="ignore"):
         lo = codes.view(dtype).astype(np.float64)
