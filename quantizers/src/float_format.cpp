@@ -188,7 +188,8 @@ float decode(std::uint16_t bits, const FloatSpec& s) {
 // Fast path: the same rounding on the float32 bit pattern, branch-free so loops vectorize.
 namespace fast {
 
-// Everything a kernel needs, as compile-time constants derived from the reference spec.
+// Everything a kernel needs, as compile-time constants derived from the reference spec. Bit
+// patterns below are of |x| as float32 (sign cleared), so int32 order is value order.
 template <Format F>
 struct Traits {
   static constexpr ref::FloatSpec kSpec = ref::spec_of(F);
@@ -200,30 +201,41 @@ struct Traits {
   // float32 exponent field minus the format's exponent field, for normal numbers.
   static constexpr std::uint32_t kRebias = static_cast<std::uint32_t>(127 - kSpec.bias());
   static constexpr std::uint32_t kMinNormalBits = static_cast<std::uint32_t>(kSpec.emin() + 127) << 23;
-  // Largest finite value, as float32 bits: its code with the exponent rebiased.
+  // Largest finite value: its code with the exponent rebiased.
   static constexpr std::uint32_t kMaxBits = (((kSpec.max_finite_code() >> kM) + kRebias) << 23) |
                                             ((kSpec.max_finite_code() & kSpec.mantissa_mask()) << kDrop);
+  // The smallest |x| that rounds past the largest finite value: the tie above it if ties round
+  // up (max has an odd mantissa: fp16, bf16, e5m2), else just above the tie (e4m3fn's 448).
+  // Comparing the input, not the rounded value, also catches +-inf and NaN inputs.
+  static constexpr std::uint32_t kOverflowFrom = kMaxBits + (1u << (kDrop - 1)) + ((kMaxBits >> kDrop) & 1u ? 0u : 1u);
   // Below the smallest normal the spacing is 2^(emin - M). When that is a normal float32, as for
   // every format but bf16, adding kMagic = 2^(emin - M + 23) (whose ulp is that spacing) rounds
   // once, half to even, and leaves the step count in the low mantissa bits. bf16's subnormals
   // are float32's subnormals with 16 bits dropped, so the bit rounding covers them instead.
   static constexpr bool kMagicSubnormals = kSpec.emin() - kM > -126;
-  static constexpr int kMagicExp = kSpec.emin() - kM + 23;
-  static constexpr std::uint32_t kMagicBits = static_cast<std::uint32_t>(kMagicExp + 127) << 23;
-  // Overflow and NaN results as float32 bits (what cast returns) and as codes (to_bits).
-  static constexpr std::uint32_t kOverflowBits =
-      kSpec.specials == ref::Specials::kIeee ? 0x7f800000u : 0x7fc00000u;
+  static constexpr std::uint32_t kMagicBits = static_cast<std::uint32_t>(kSpec.emin() - kM + 23 + 127) << 23;
+  // Results as float32 bits (cast) and as magnitude codes (to_bits).
+  static constexpr std::uint32_t kOverflowBits = kSpec.specials == ref::Specials::kIeee ? 0x7f800000u : 0x7fc00000u;
+  static constexpr std::uint32_t kExpField = kSpec.exp_all_ones() << kM;
   static constexpr bool kNanKeepsPayload =   // through both directions, as cast does
       kSpec.nan_encode == ref::NanPayload::kKeep && kSpec.nan_decode == ref::NanPayload::kKeep;
-  static constexpr std::uint32_t kExpField = kSpec.exp_all_ones() << kM;
 
   static_assert(kM >= 1 && kM < 23 && kSpec.emin() >= -126, "the rounding assumes a format narrower than float32");
+  static_assert(kSpec.nan_encode == ref::NanPayload::kDrop || kSpec.specials == ref::Specials::kIeee,
+                "a kept NaN payload needs IEEE specials");
 };
 
-// Sign-correct compare of non-negative uint32 values below 2^31 (NaN lanes never use the
-// result): int32 compares are single vector instructions, unsigned ones are not.
-inline bool greater(std::uint32_t a, std::uint32_t b) {
-  return static_cast<std::int32_t>(a) > static_cast<std::int32_t>(b);
+// Lane masks and selects written out, so the vectorizer emits one compare and one blend each
+// instead of if-converting a chain of conditionals. Operands are below 2^31 or, for NaN lanes,
+// don't matter: int32 compares are single vector instructions, unsigned ones are not.
+inline std::uint32_t mask_greater(std::uint32_t a, std::uint32_t b) {
+  return static_cast<std::int32_t>(a) > static_cast<std::int32_t>(b) ? ~0u : 0u;
+}
+inline std::uint32_t select(std::uint32_t mask, std::uint32_t if_set, std::uint32_t if_clear) {
+  return (if_set & mask) | (if_clear & ~mask);
+}
+inline std::uint32_t max_int32(std::uint32_t a, std::uint32_t b) {
+  return static_cast<std::int32_t>(a) > static_cast<std::int32_t>(b) ? a : b;
 }
 
 // |x| (as bits) rounded to M mantissa bits, half to even, with an unbounded exponent. A carry
@@ -238,21 +250,21 @@ void cast_kernel(const float* x, std::size_t n, float* y) {
   using T = Traits<F>;
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t u = bits_of(x[i]);
-    const std::uint32_t a = u & 0x7fffffffu;
+    const std::uint32_t sign = u & 0x80000000u;
+    const std::uint32_t a = u ^ sign;
     std::uint32_t r = round_bits<T>(a);
     if constexpr (T::kMagicSubnormals) {
       const float magic = float_of(T::kMagicBits);
-      const std::uint32_t sub = bits_of((float_of(a) + magic) - magic);
-      r = greater(T::kMinNormalBits, a) ? sub : r;
+      r = select(mask_greater(T::kMinNormalBits, a), bits_of((float_of(a) + magic) - magic), r);
     }
-    r = greater(r, T::kMaxBits) ? T::kOverflowBits : r;
-    r |= u & 0x80000000u;
-    std::uint32_t nan = (u & 0x80000000u) | 0x7fc00000u;
+    r = select(mask_greater(a, T::kOverflowFrom - 1u), T::kOverflowBits, r);
     if constexpr (T::kNanKeepsPayload) {
-      // Truncated payload; an all-zero one becomes the lowest kept payload bit (see ref::encode).
-      nan = (u & T::kKeepMask) | ((u & 0x007fffffu & T::kKeepMask) == 0 ? (1u << T::kDrop) : 0u);
+      // The truncated payload; if it is all zero, the lowest kept payload bit (see ref::encode).
+      r = select(mask_greater(a, 0x7f800000u), max_int32(a & T::kKeepMask, 0x7f800000u | (1u << T::kDrop)), r);
+    } else if constexpr (T::kOverflowBits != 0x7fc00000u) {   // else NaNs already overflowed to it
+      r = select(mask_greater(a, 0x7f800000u), 0x7fc00000u, r);
     }
-    y[i] = float_of(greater(a, 0x7f800000u) ? nan : r);
+    y[i] = float_of(r | sign);
   }
 }
 
@@ -264,20 +276,19 @@ void to_bits_kernel(const float* x, std::size_t n, Code* bits) {
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t u = bits_of(x[i]);
     const std::uint32_t a = u & 0x7fffffffu;
-    const std::uint32_t r = round_bits<T>(a);
-    std::uint32_t code = (r >> T::kDrop) - (T::kRebias << T::kM);   // wraps below the normals
+    std::uint32_t code = (round_bits<T>(a) >> T::kDrop) - (T::kRebias << T::kM);   // normals
     if constexpr (T::kMagicSubnormals) {
       const float magic = float_of(T::kMagicBits);
-      const std::uint32_t steps = bits_of(float_of(a) + magic) - T::kMagicBits;
-      code = greater(T::kMinNormalBits, a) ? steps : code;
+      code = select(mask_greater(T::kMinNormalBits, a), bits_of(float_of(a) + magic) - T::kMagicBits, code);
     }
-    code = greater(r, T::kMaxBits) ? kOverflowCode : code;
-    std::uint32_t nan = kCanonicalNan;
+    code = select(mask_greater(a, T::kOverflowFrom - 1u), kOverflowCode, code);
     if constexpr (T::kSpec.nan_encode == ref::NanPayload::kKeep) {
-      const std::uint32_t payload = (a >> T::kDrop) & T::kSpec.mantissa_mask();
-      nan = T::kExpField | payload | (payload == 0 ? 1u : 0u);
+      // Exponent all ones and the top payload bits; payload 1 if those are all zero.
+      const std::uint32_t nan = max_int32((a >> T::kDrop) - ((0xffu << T::kM) - T::kExpField), T::kExpField | 1u);
+      code = select(mask_greater(a, 0x7f800000u), nan, code);
+    } else if constexpr (kOverflowCode != kCanonicalNan) {
+      code = select(mask_greater(a, 0x7f800000u), kCanonicalNan, code);
     }
-    code = greater(a, 0x7f800000u) ? nan : code;
     bits[i] = static_cast<Code>(code | ((u >> 31) << T::kWidth));
   }
 }
@@ -296,17 +307,15 @@ void from_bits_kernel(const Code* bits, std::size_t n, float* y) {
       const std::uint32_t b = bits[i];
       const std::uint32_t sign = ((b >> T::kWidth) & 1u) << 31;
       const std::uint32_t mag = b & kMagMask;
-      std::uint32_t r = (mag << T::kDrop) + (T::kRebias << 23);   // normal numbers
       const float sub = static_cast<float>(static_cast<std::int32_t>(mag)) * float_of(kStepBits);
-      r = mag < (1u << T::kM) ? bits_of(sub) : r;
-      if constexpr (T::kSpec.specials == ref::Specials::kIeee) {
-        std::uint32_t special = 0x7f800000u | ((mag & T::kSpec.mantissa_mask()) << T::kDrop);   // inf or NaN
-        if constexpr (T::kSpec.nan_decode == ref::NanPayload::kDrop) {
-          special = mag == T::kExpField ? 0x7f800000u : 0x7fc00000u;
-        }
-        r = mag >= T::kExpField ? special : r;
+      std::uint32_t r = select(mask_greater(1u << T::kM, mag), bits_of(sub), (mag << T::kDrop) + (T::kRebias << 23));
+      if constexpr (T::kSpec.specials == ref::Specials::kFn) {
+        r = select(mask_greater(mag, T::kSpec.max_finite_code()), 0x7fc00000u, r);
+      } else if constexpr (T::kSpec.nan_decode == ref::NanPayload::kKeep) {
+        r = select(mask_greater(mag, T::kExpField - 1u), 0x7f800000u | (mag << T::kDrop), r);   // inf or NaN
       } else {
-        r = mag == T::kSpec.canonical_nan_code() ? 0x7fc00000u : r;
+        r = select(mask_greater(mag, T::kExpField - 1u), 0x7f800000u, r);
+        r = select(mask_greater(mag, T::kExpField), 0x7fc00000u, r);
       }
       y[i] = float_of(r | sign);
     }
