@@ -1,21 +1,10 @@
 """Per-channel int8 fake quantization: qdrift vs torch.fake_quantize_per_channel_affine, single
 thread, on 1M and 16M float32 elements, next to this machine's memcpy bandwidth."""
-import time
-
 import numpy as np
 import torch
 
 import qdrift as qd
-
-
-def best_time(fn, repeats):
-    fn()  # warm up (page faults, caches)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from timing import best_time
 
 
 def run():

@@ -1,7 +1,6 @@
 """Float dense and conv2d: qdrift's fast path vs Keras 3 (TensorFlow backend, the layer inside a
 tf.function) on the same shapes, single thread, in one run."""
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -9,21 +8,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import qdrift as qd  # noqa: E402
+from timing import best_time  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras  # noqa: E402
-
-
-def best_time(fn, repeats=10):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
 
 CASES = [
     ("dense 256x512 -> 512", (256, 512), lambda: keras.layers.Dense(512)),

@@ -9,6 +9,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def main() -> int:
+    sys.path.insert(0, str(HERE))   # the benchmarks share bench/timing.py
     results = {}
     for path in sorted(HERE.glob("bench_*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)

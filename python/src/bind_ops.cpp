@@ -37,6 +37,21 @@ OptionalArray optional_in(const py::object& obj, const std::string& fn, const ch
   return o;
 }
 
+// gamma, beta, moving_mean, moving_variance: one value per channel each.
+std::vector<qdrift::py_interop::ArrayIn<float>> batch_norm_params(const py::handle& gamma, const py::handle& beta,
+                                                                 const py::handle& mean, const py::handle& var,
+                                                                 std::size_t channels, const char* fn) {
+  const char* names[] = {"gamma", "beta", "moving_mean", "moving_variance"};
+  const py::handle params[] = {gamma, beta, mean, var};
+  std::vector<qdrift::py_interop::ArrayIn<float>> p;
+  for (int i = 0; i < 4; ++i) {
+    p.push_back(array_in<float>(params[i], fn, names[i]));
+    QDRIFT_CHECK(p.back().size() == channels, qdrift::ShapeError, fn, ": ", names[i], " has ", p.back().size(),
+                 " values but there are ", channels, " channels");
+  }
+  return p;
+}
+
 std::string label(const char* op, const std::string& name) { return name.empty() ? op : std::string(op) + " '" + name + "'"; }
 
 py::array_t<float> conv(const py::handle& x, const py::handle& kernel, const qdrift::Shape& kernel_shape,
@@ -170,14 +185,7 @@ void bind_ops(py::module_& m) {
         auto xi = array_in<float>(x, "batch_norm", "x");
         QDRIFT_CHECK(!xi.shape.empty(), qdrift::ShapeError, "batch_norm: x must have a channel axis");
         const std::size_t c = xi.shape.back();
-        const char* names[] = {"gamma", "beta", "moving_mean", "moving_variance"};
-        const py::handle params[] = {gamma, beta, mean, var};
-        std::vector<qdrift::py_interop::ArrayIn<float>> p;
-        for (int i = 0; i < 4; ++i) {
-          p.push_back(array_in<float>(params[i], "batch_norm", names[i]));
-          QDRIFT_CHECK(p.back().size() == c, qdrift::ShapeError, "batch_norm: ", names[i], " has ", p.back().size(),
-                       " values but x has ", c, " channels");
-        }
+        const auto p = batch_norm_params(gamma, beta, mean, var, c, "batch_norm");
         auto y = array_out<float>(xi.shape);
         qdrift::batch_norm(xi.data, xi.size(), c, p[0].data, p[1].data, p[2].data, p[3].data, epsilon, y.mutable_data());
         return y;
@@ -194,14 +202,7 @@ void bind_ops(py::module_& m) {
         const std::size_t c = ki.shape.back();
         const OptionalArray b = optional_in(bias, "fold_batch_norm", "bias");
         QDRIFT_CHECK(!b.data || b.size == c, qdrift::ShapeError, "fold_batch_norm: bias has ", b.size, " values, expected ", c);
-        const char* names[] = {"gamma", "beta", "moving_mean", "moving_variance"};
-        const py::handle params[] = {gamma, beta, mean, var};
-        std::vector<qdrift::py_interop::ArrayIn<float>> p;
-        for (int i = 0; i < 4; ++i) {
-          p.push_back(array_in<float>(params[i], "fold_batch_norm", names[i]));
-          QDRIFT_CHECK(p.back().size() == c, qdrift::ShapeError, "fold_batch_norm: ", names[i], " has ", p.back().size(),
-                       " values but the kernel has ", c, " output channels");
-        }
+        const auto p = batch_norm_params(gamma, beta, mean, var, c, "fold_batch_norm");
         std::vector<float> fk, fb;
         qdrift::fold_batch_norm(ki.data, ki.size(), b.data, c, p[0].data, p[1].data, p[2].data, p[3].data, epsilon, &fk, &fb);
         auto k_out = array_out<float>(ki.shape);
