@@ -107,7 +107,7 @@ int bit_width(std::uint32_t v) {
 
 // m / 2^shift rounded half to even, for shift >= 1.
 std::uint32_t shift_right_half_even(std::uint32_t m, int shift) {
-  if (shift >= 32) return 0;                       // m < 2^31 <= half: rounds to 0
+  if (shift >= 32) return 0;   // callers pass m < 2^24, far below half: rounds to 0
   const std::uint32_t q = m >> shift;
   const std::uint32_t rest = m & ((1u << shift) - 1u);
   const std::uint32_t half = 1u << (shift - 1);
@@ -175,7 +175,8 @@ float decode(std::uint16_t bits, const FloatSpec& s) {
     }
     return float_of(sign32 | 0x7fc00000u);
   }
-  // Subnormal: mantissa * 2^(emin - M); normal: (2^M + mantissa) * 2^(exp - bias - M). Exact.
+  // Subnormal: mantissa * 2^(emin - M); normal: (2^M + mantissa) * 2^(exp - bias - M). Exact in
+  // the default FP environment (bf16 subnormals are float32 subnormals: no flush-to-zero).
   const float magnitude =
       exp == 0 ? std::ldexp(static_cast<float>(mantissa), s.emin() - m_bits)
                : std::ldexp(static_cast<float>((1u << m_bits) | mantissa), static_cast<int>(exp) - s.bias() - m_bits);
@@ -212,6 +213,8 @@ struct Traits {
   // every format but bf16, adding kMagic = 2^(emin - M + 23) (whose ulp is that spacing) rounds
   // once, half to even, and leaves the step count in the low mantissa bits. bf16's subnormals
   // are float32's subnormals with 16 bits dropped, so the bit rounding covers them instead.
+  // FTZ/DAZ cannot change the magic path: its results are normal or zero, and the float32
+  // subnormals it might see as zero round to zero anyway.
   static constexpr bool kMagicSubnormals = kSpec.emin() - kM > -126;
   static constexpr std::uint32_t kMagicBits = static_cast<std::uint32_t>(kSpec.emin() - kM + 23 + 127) << 23;
   // Results as float32 bits (cast) and as magnitude codes (to_bits).
@@ -225,6 +228,15 @@ struct Traits {
                 "a kept NaN payload needs IEEE specials");
 };
 
+// The kernels are built twice, for AVX2 and for the x86-64 baseline (SSE2), and the loader
+// picks one per CPU (GCC/Clang ifunc). About 2x on cast in cache; the code is the same.
+// -DQDRIFT_NO_TARGET_CLONES builds only the portable version, e.g. to test it on an AVX2 host.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(QDRIFT_NO_TARGET_CLONES)
+#define QDRIFT_KERNEL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define QDRIFT_KERNEL_CLONES
+#endif
+
 // Lane masks and selects written out, so the vectorizer emits one compare and one blend each
 // instead of if-converting a chain of conditionals. Operands are below 2^31 or, for NaN lanes,
 // don't matter: int32 compares are single vector instructions, unsigned ones are not.
@@ -233,9 +245,6 @@ inline std::uint32_t mask_greater(std::uint32_t a, std::uint32_t b) {
 }
 inline std::uint32_t select(std::uint32_t mask, std::uint32_t if_set, std::uint32_t if_clear) {
   return (if_set & mask) | (if_clear & ~mask);
-}
-inline std::uint32_t max_int32(std::uint32_t a, std::uint32_t b) {
-  return static_cast<std::int32_t>(a) > static_cast<std::int32_t>(b) ? a : b;
 }
 
 // |x| (as bits) rounded to M mantissa bits, half to even, with an unbounded exponent. A carry
@@ -246,7 +255,7 @@ inline std::uint32_t round_bits(std::uint32_t a) {
 }
 
 template <Format F>
-void cast_kernel(const float* x, std::size_t n, float* y) {
+QDRIFT_KERNEL_CLONES void cast_kernel(const float* x, std::size_t n, float* y) {
   using T = Traits<F>;
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t u = bits_of(x[i]);
@@ -260,7 +269,8 @@ void cast_kernel(const float* x, std::size_t n, float* y) {
     r = select(mask_greater(a, T::kOverflowFrom - 1u), T::kOverflowBits, r);
     if constexpr (T::kNanKeepsPayload) {
       // The truncated payload; if it is all zero, the lowest kept payload bit (see ref::encode).
-      r = select(mask_greater(a, 0x7f800000u), max_int32(a & T::kKeepMask, 0x7f800000u | (1u << T::kDrop)), r);
+      const std::uint32_t kept = a & T::kKeepMask;
+      r = select(mask_greater(a, 0x7f800000u), kept | (kept == 0x7f800000u ? 1u << T::kDrop : 0u), r);
     } else if constexpr (T::kOverflowBits != 0x7fc00000u) {   // else NaNs already overflowed to it
       r = select(mask_greater(a, 0x7f800000u), 0x7fc00000u, r);
     }
@@ -269,7 +279,7 @@ void cast_kernel(const float* x, std::size_t n, float* y) {
 }
 
 template <Format F, class Code>
-void to_bits_kernel(const float* x, std::size_t n, Code* bits) {
+QDRIFT_KERNEL_CLONES void to_bits_kernel(const float* x, std::size_t n, Code* bits) {
   using T = Traits<F>;
   constexpr std::uint32_t kOverflowCode = T::kSpec.overflow_code();
   constexpr std::uint32_t kCanonicalNan = T::kSpec.canonical_nan_code();
@@ -284,7 +294,8 @@ void to_bits_kernel(const float* x, std::size_t n, Code* bits) {
     code = select(mask_greater(a, T::kOverflowFrom - 1u), kOverflowCode, code);
     if constexpr (T::kSpec.nan_encode == ref::NanPayload::kKeep) {
       // Exponent all ones and the top payload bits; payload 1 if those are all zero.
-      const std::uint32_t nan = max_int32((a >> T::kDrop) - ((0xffu << T::kM) - T::kExpField), T::kExpField | 1u);
+      const std::uint32_t payload = (a >> T::kDrop) & T::kSpec.mantissa_mask();
+      const std::uint32_t nan = T::kExpField | payload | (payload == 0 ? 1u : 0u);
       code = select(mask_greater(a, 0x7f800000u), nan, code);
     } else if constexpr (kOverflowCode != kCanonicalNan) {
       code = select(mask_greater(a, 0x7f800000u), kCanonicalNan, code);
@@ -294,7 +305,7 @@ void to_bits_kernel(const float* x, std::size_t n, Code* bits) {
 }
 
 template <Format F, class Code>
-void from_bits_kernel(const Code* bits, std::size_t n, float* y) {
+QDRIFT_KERNEL_CLONES void from_bits_kernel(const Code* bits, std::size_t n, float* y) {
   using T = Traits<F>;
   if constexpr (F == Format::kBf16) {   // bf16 is the top half of float32, specials included
     for (std::size_t i = 0; i < n; ++i) y[i] = float_of(static_cast<std::uint32_t>(bits[i]) << 16);
