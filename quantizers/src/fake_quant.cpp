@@ -41,17 +41,25 @@ void for_each_element(const SliceLayout& l, Fn&& fn) {
       for (std::size_t k = 0; k < l.inner; ++k, ++i) fn(i, l.slot(o, c, k));
 }
 
-// The per-slot constant tables the fast kernels read (built here, in baseline code).
+// The per-slot constant tables the fast kernels read (built here, in baseline code). With
+// channels last, the tables repeat so that one kernel span covers ~4096 elements.
 struct SlotTable {
   std::vector<float> inv, scale, lo, hi, zp;
-  explicit SlotTable(const QuantParams& p) : inv(p.inv_scale), scale(p.scale) {
-    for (std::size_t s = 0; s < p.scale.size(); ++s) {
-      lo.push_back(static_cast<float>(p.qmin - p.zero_point[s]));
-      hi.push_back(static_cast<float>(p.qmax - p.zero_point[s]));
-      zp.push_back(static_cast<float>(p.zero_point[s]));
+  std::size_t rows = 1;
+  SlotTable(const QuantParams& p, const SliceLayout& l) {
+    if (l.granularity == Granularity::kPerChannel && l.inner == 1 && l.channels > 0)
+      rows = std::max<std::size_t>(1, std::min(l.outer, 4096 / l.channels));
+    for (std::size_t r = 0; r < rows; ++r) {
+      for (std::size_t s = 0; s < p.scale.size(); ++s) {
+        inv.push_back(p.inv_scale[s]);
+        scale.push_back(p.scale[s]);
+        lo.push_back(static_cast<float>(p.qmin - p.zero_point[s]));
+        hi.push_back(static_cast<float>(p.qmax - p.zero_point[s]));
+        zp.push_back(static_cast<float>(p.zero_point[s]));
+      }
     }
   }
-  detail::SlotArrays arrays() const { return {inv.data(), scale.data(), lo.data(), hi.data(), zp.data()}; }
+  detail::SlotArrays arrays() const { return {inv.data(), scale.data(), lo.data(), hi.data(), zp.data(), rows}; }
 };
 
 const detail::IsaKernels& best_kernels() {
@@ -112,13 +120,13 @@ void fake_quant(const ElementwiseArgs& a, const float* x, float* y, std::uint8_t
 }  // namespace ref
 
 void detail::quantize_with(const IsaKernels& k, const ElementwiseArgs& a, const float* x, std::int32_t* q) {
-  const SlotTable t(*a.params);
+  const SlotTable t(*a.params, *a.layout);
   k.quantize(*a.layout, t.arrays(), a.rounding, a.seed, x, q);
 }
 
 void detail::fake_quant_with(const IsaKernels& k, const ElementwiseArgs& a, const float* x, float* y,
                              std::uint8_t* mask) {
-  const SlotTable t(*a.params);
+  const SlotTable t(*a.params, *a.layout);
   k.fake_quant(*a.layout, t.arrays(), a.rounding, a.seed, x, y, mask);
 }
 

@@ -13,13 +13,15 @@
 
 namespace qdrift::detail {
 
-// Per-slot constants, built by the caller: lo = qmin - zp and hi = qmax - zp as floats.
+// Per-slot constants, built by the caller: lo = qmin - zp and hi = qmax - zp as floats. For
+// per-channel layouts with channels last the arrays repeat the channel constants `rows` times.
 struct SlotArrays {
   const float* inv;
   const float* scale;
   const float* lo;
   const float* hi;
   const float* zp;
+  std::size_t rows;
 };
 
 using FakeQuantKernel = void (*)(const SliceLayout&, const SlotArrays&, Rounding, std::uint64_t seed,
