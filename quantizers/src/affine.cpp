@@ -24,8 +24,10 @@ SlotParams torch_params(const QuantSpec& spec, float min, float max) {
   if (spec.symmetric) {
     const float amax = std::max(-min_neg, max_pos);
     p.scale = std::max(amax / (static_cast<float>(qmax - qmin) / 2.0f), kEps);
-    // Unsigned symmetric codes centre on the middle code (torch: (qmax + qmin + 1) // 2).
-    p.zero_point = spec.is_signed ? 0 : (qmax + qmin + 1) / 2;
+    // Unsigned symmetric codes centre on the middle code. torch uses 128 for its default
+    // quint8 range [0, 255] and the rounded-down midpoint for any other range.
+    const bool default_quint8 = qmin == 0 && qmax == 255;
+    p.zero_point = spec.is_signed ? 0 : (default_quint8 ? 128 : (qmin + qmax) / 2);
   } else {
     p.scale = std::max((max_pos - min_neg) / static_cast<float>(qmax - qmin), kEps);
     const float shifted = round_half_even(min_neg / p.scale);   // torch.round: ties to even

@@ -35,15 +35,16 @@ void Quantizer::observe(const float* x, const Shape& shape) {
                "observe: a dynamic quantizer takes its parameters from each input; it does not observe");
   QDRIFT_CHECK(!frozen_, ConfigError, "observe: the quantizer is frozen; its parameters no longer change");
   const SliceLayout layout = layout_for(shape);
-  if (!observed_shape_.empty() || !observer_->empty()) {
+  const bool first_batch = observer_->empty();
+  if (!first_batch) {
     const SliceLayout first = layout_for(observed_shape_);
     QDRIFT_CHECK(first.num_slots() == layout.num_slots(), ShapeError, "observe: a batch of shape ",
                  shape_to_string(shape), " has ", layout.num_slots(), " parameter slots, but earlier batches (",
                  shape_to_string(observed_shape_), ") had ", first.num_slots());
-  } else {
-    observed_shape_ = shape;
   }
-  observer_->observe(x, layout);
+  observer_->observe(x, layout);   // throws before changing anything on bad data
+  if (first_batch) observed_shape_ = shape;
+  observed_params_.reset();
 }
 
 void Quantizer::freeze() {
@@ -69,9 +70,12 @@ QuantParams Quantizer::params() const {
                "params: a dynamic quantizer has no fixed parameters; they come from each input");
   QDRIFT_CHECK(observer_ && !observer_->empty(), ConfigError,
                "params: the static quantizer has observed no data yet; call observe(x) first");
-  std::vector<float> mn, mx;
-  observer_->ranges(&mn, &mx);
-  return params_from_ranges(spec_, mn, mx, layout_for(observed_shape_), observed_shape_);
+  if (!observed_params_) {
+    std::vector<float> mn, mx;
+    observer_->ranges(&mn, &mx);
+    observed_params_ = params_from_ranges(spec_, mn, mx, layout_for(observed_shape_), observed_shape_);
+  }
+  return *observed_params_;
 }
 
 void Quantizer::observed_range(std::vector<float>* min, std::vector<float>* max) const {

@@ -53,6 +53,9 @@ class Quantizer {
   std::unique_ptr<Observer> observer_;   // static int quantizers
   Shape observed_shape_;                 // shape of the first observed batch
   std::optional<QuantParams> frozen_params_;
+  // Static parameters from the observations so far; recomputed only after the next observe()
+  // (the entropy and MSE observers' searches are not cheap).
+  mutable std::optional<QuantParams> observed_params_;
   bool frozen_ = false;
 };
 
