@@ -123,3 +123,15 @@ def test_metrics_against_numpy(rng):
                                                        rel=1e-12)
     assert qd.metrics.max_abs(ref, x) == np.abs(d).max()
     assert qd.metrics.sqnr_db(ref, ref) == float("inf")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_unsigned_symmetric_zero_point_matches_torch(rng, bits):
+    x = rng.normal(0.5, 1, 1000).astype(np.float32)
+    q = qd.Quantizer(bits=bits, signed=False, symmetric=True)
+    q.observe(x)
+    kw = {} if bits == 8 else dict(quant_min=0, quant_max=(1 << bits) - 1)   # torch: 128 only for its default range
+    obs = torch.ao.quantization.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric, **kw)
+    obs(torch.from_numpy(x))
+    scale, zp = obs.calculate_qparams()
+    assert int(q.params.zero_point) == int(zp) and float(q.params.scale) == float(scale)
