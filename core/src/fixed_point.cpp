@@ -3,8 +3,18 @@
 // (reference), ruy (x86 builtin), int64 (int16x8), XNNPACK and double (reference FC) paths.
 // Each function restates one kernel's arithmetic; overflow wraps where the kernel's integer
 // arithmetic wraps, computed through unsigned types so it is defined behaviour here.
+//
+// Sources read: LiteRT tflite/kernels/internal/{common.cc, quantization_util.cc,
+// reference/integer_ops/fully_connected.h}; gemmlowp fixedpoint/fixedpoint.h; ruy
+// kernel_avx2_fma.cc, kernel_avx512.cc, apply_multiplier.cc; XNNPACK qs8 fp32 kernels.
+// Corrections to shared/reference/tflite-semantics.md found there:
+//  - §3.5 calls the AVX-512 kernel UNVERIFIED. It matches AVX2 for every multiplier >= 0: it
+//    keeps 64-bit lanes through both steps (vpsravq) and truncates to 32 bits only at the end,
+//    where AVX2 truncates after the high multiply, but that value always fits in int32 then.
+//  - §3.4 says |x| < 2^47; the int64 overload's contract is -2^47 <= x < 2^47.
 #include "qdrift/core/fixed_point.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
@@ -27,17 +37,13 @@ constexpr std::array<std::pair<RequantMethod, std::string_view>, 6> kMethodNames
 }};
 
 // Two's-complement wrap of an int64 to int32 (what a cast or a 32-bit lane does).
-std::int32_t wrap32(std::int64_t v) { return static_cast<std::int32_t>(static_cast<std::uint32_t>(static_cast<std::uint64_t>(v))); }
+std::int32_t wrap32(std::int64_t v) {
+  return static_cast<std::int32_t>(static_cast<std::uint32_t>(static_cast<std::uint64_t>(v)));
+}
 
 // x * 2^left in 32-bit arithmetic, wrapping like the kernels' `x * (1 << left)` / vpsllvd.
 std::int32_t shift_left_wrapping(std::int32_t x, int left) {
   return static_cast<std::int32_t>(static_cast<std::uint32_t>(x) << left);
-}
-
-std::int32_t saturate32(std::int64_t v) {
-  if (v > std::numeric_limits<std::int32_t>::max()) return std::numeric_limits<std::int32_t>::max();
-  if (v < std::numeric_limits<std::int32_t>::min()) return std::numeric_limits<std::int32_t>::min();
-  return static_cast<std::int32_t>(v);
 }
 
 }  // namespace
@@ -88,9 +94,10 @@ std::int32_t requantize_single(std::int32_t acc, std::int32_t multiplier, int sh
 }
 
 std::int32_t requantize_ruy(std::int32_t acc, std::int32_t multiplier, int shift) {
-  // ruy's x86 kernels: the 64-bit product (after a wrapping 32-bit left shift) is rounded
-  // half up by 2^31 and truncated to 32 bits (no saturation), then a second rounding right
-  // shift, also half up, whose overflow guard makes it exact for values near INT32_MAX.
+  // ruy's x86 kernels: the 64-bit product (after a wrapping 32-bit left shift, vpsllvd) is
+  // rounded half up by 2^31 and truncated to 32 bits (no saturation; AVX2 adds 2^30 + 2^63 and
+  // shifts logically, AVX-512 shifts arithmetically, same bits), then a second rounding right
+  // shift, also half up, whose overflow guard (result 2^(31 - right)) makes it exact.
   const int left = shift > 0 ? shift : 0;
   const int right = shift > 0 ? 0 : -shift;
   const std::int64_t product = static_cast<std::int64_t>(shift_left_wrapping(acc, left)) * multiplier;
@@ -102,7 +109,8 @@ std::int32_t requantize_ruy(std::int32_t acc, std::int32_t multiplier, int shift
 
 std::int32_t requantize_int64(std::int64_t acc, std::int32_t multiplier, int shift) {
   // The multiplier is first reduced to 16 bits (rounded), then one rounding shift: RHU.
-  const std::int64_t reduced = multiplier < 0x7FFF0000 ? (static_cast<std::int64_t>(multiplier) + (1 << 15)) >> 16 : 0x7FFF;
+  const std::int64_t reduced =
+      multiplier < 0x7FFF0000 ? (static_cast<std::int64_t>(multiplier) + (1 << 15)) >> 16 : 0x7FFF;
   const int total = 15 - shift;
   const std::int64_t round = std::int64_t{1} << (total - 1);
   return wrap32((acc * reduced + round) >> total);
@@ -129,7 +137,10 @@ void validate(const RequantParams& p) {
   const std::string_view name = requant_method_name(p.method);
   QDRIFT_CHECK(p.qmin <= p.qmax, ConfigError, "requantize: qmin (", p.qmin, ") must be <= qmax (", p.qmax, ")");
   if (requant_method_uses_real_scale(p.method)) {
-    QDRIFT_CHECK(std::isfinite(p.scale) && p.scale >= 0.0, ConfigError, "requantize: method ", name,
+    // XNNPACK stores the scale as a float, so it must stay finite after narrowing.
+    const bool finite = p.method == RequantMethod::kXnnpack ? std::isfinite(static_cast<float>(p.scale))
+                                                            : std::isfinite(p.scale);
+    QDRIFT_CHECK(finite && p.scale >= 0.0, ConfigError, "requantize: method ", name,
                  " needs a finite scale >= 0, got ", p.scale);
     return;
   }
@@ -146,6 +157,8 @@ std::int32_t requantize(std::int64_t acc, const RequantParams& p) {
                  " takes int32 accumulators; got ", acc);
     return static_cast<std::int32_t>(acc);
   };
+  // The kernels add the zero point in int32; it cannot overflow for 8/16-bit outputs, and for
+  // wider ranges we saturate (clamp) instead of wrapping.
   const auto clamp_code = [&](std::int64_t v) {
     return static_cast<std::int32_t>(v < p.qmin ? p.qmin : (v > p.qmax ? p.qmax : v));
   };
@@ -157,8 +170,8 @@ std::int32_t requantize(std::int64_t acc, const RequantParams& p) {
     case RequantMethod::kRuy:
       return clamp_code(std::int64_t{requantize_ruy(acc32(), p.multiplier, p.shift)} + p.zero_point);
     case RequantMethod::kInt64:
-      QDRIFT_CHECK(acc > -(std::int64_t{1} << 47) && acc < (std::int64_t{1} << 47), DataError,
-                   "requantize: the int64 path needs |acc| < 2^47, got ", acc);
+      QDRIFT_CHECK(acc >= -(std::int64_t{1} << 47) && acc < (std::int64_t{1} << 47), DataError,
+                   "requantize: the int64 path needs -2^47 <= acc < 2^47, got ", acc);
       return clamp_code(std::int64_t{requantize_int64(acc, p.multiplier, p.shift)} + p.zero_point);
     case RequantMethod::kXnnpack: {
       // fp32: y = f32(f32(acc) * f32(scale)); clamp in float to the code range shifted by the
@@ -170,10 +183,10 @@ std::int32_t requantize(std::int64_t acc, const RequantParams& p) {
       return clamp_code(static_cast<std::int64_t>(round_half_even(clamped)) + p.zero_point);
     }
     case RequantMethod::kDoubleRha: {
-      const double scaled = round_half_away(static_cast<double>(acc) * p.scale);
-      // The kernel casts to int32; saturate instead of reproducing an undefined cast.
-      const double bounded = scaled < -2147483648.0 ? -2147483648.0 : (scaled > 2147483647.0 ? 2147483647.0 : scaled);
-      return clamp_code(std::int64_t{saturate32(static_cast<std::int64_t>(bounded))} + p.zero_point);
+      // static_cast<int32_t>(round((double)acc * scale)): saturate where that cast is undefined.
+      const double scaled =
+          std::clamp(round_half_away(static_cast<double>(acc) * p.scale), -2147483648.0, 2147483647.0);
+      return clamp_code(static_cast<std::int64_t>(scaled) + p.zero_point);
     }
   }
   return 0;

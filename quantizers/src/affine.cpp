@@ -44,7 +44,10 @@ SlotParams tflite_params(const QuantSpec& spec, bool per_channel, float min, flo
   SlotParams p{};
   if (spec.bits == 16) {
     const tflite::AffineParams a = tflite::activation_params_int16(min, max);
-    p = {a.scale, a.zero_point, 1.0f / a.scale};
+    // The converter writes scale 0 for an all-zero int16 range; every value is then code 0,
+    // which scale 1 reproduces without a division by zero.
+    const float scale = a.scale > 0.0f ? a.scale : 1.0f;
+    p = {scale, a.zero_point, 1.0f / scale};
   } else if (!spec.symmetric) {
     const tflite::AffineParams a = tflite::activation_params_int8(min, max);
     p = {a.scale, a.zero_point, 1.0f / a.scale};
