@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "qdrift/core/error.h"
+#include "qdrift/ops/integer.h"
 #include "qdrift/ops/ops.h"
 #include "testing/random.h"
 
@@ -147,4 +148,30 @@ TEST_CASE("ops: errors name the layer and the cause") {
                        doctest::Contains("dense 'd': the input's last axis has 3 features but the kernel expects 4"),
                        qdrift::ShapeError);
   CHECK_THROWS_AS(qdrift::parse_activation("gelu"), qdrift::ConfigError);
+}
+
+TEST_CASE("ops: integer kernels on hand-checked cases") {
+  // FC: acc = bias + sum w * (x - zp_in) = 10 + (1*(5-3) + 2*(7-3)) = 20; requantized by 0.5 -> 10, + zp 1.
+  const std::vector<std::int8_t> x{5, 7}, w{1, 2};
+  const std::vector<std::int32_t> b{10};
+  qdrift::OutputStage stage;
+  stage.method = qdrift::RequantMethod::kDoubleRha;
+  stage.scale = {0.5};
+  stage.zero_point = 1;
+  std::vector<std::int8_t> y(1);
+  qdrift::fully_connected_int8(x.data(), 1, 2, 3, w.data(), 1, b.data(), stage, y.data());
+  CHECK(y[0] == 11);
+  // Conv SAME with zp_in = -128: an all-zero real image is all -128 codes; padded taps must add
+  // exactly 0 too, so every output equals the bias alone.
+  const auto g = qdrift::make_conv_geometry({1, 3, 3, 1}, {3, 3, 1, 1}, 1, 1, 1, 1, qdrift::Padding::kSame, 1, "t");
+  const std::vector<std::int8_t> image(9, -128), ones(9, 1);
+  const std::vector<std::int32_t> bias{6};
+  stage.scale = {1.0};
+  stage.zero_point = 0;
+  std::vector<std::int8_t> out(9);
+  qdrift::conv2d_int8(g, image.data(), -128, ones.data(), bias.data(), stage, out.data());
+  for (auto v : out) CHECK(v == 6);
+  stage.scale = {1.0, 2.0};   // two scales for one channel: a named error
+  CHECK_THROWS_AS(qdrift::conv2d_int8(g, image.data(), -128, ones.data(), bias.data(), stage, out.data()),
+                  qdrift::ConfigError);
 }

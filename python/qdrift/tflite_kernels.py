@@ -1,0 +1,56 @@
+"""The output stage each LiteRT kernel path applies to an int8 FULLY_CONNECTED / CONV_2D /
+DEPTHWISE_CONV_2D accumulator (shared/reference/tflite-semantics.md §3), as arguments for
+qdrift._core.fully_connected_int8 / conv2d_int8.
+
+kernels: "reference" (BUILTIN_REF), "builtin" (BUILTIN_WITHOUT_DEFAULT_DELEGATES, x86), "xnnpack"
+(the default interpreter)."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+KERNEL_PATHS = ("reference", "builtin", "xnnpack")
+f32 = np.float32
+
+
+def _rha(v):
+    return float(np.trunc(v) + np.sign(v) * (abs(v - np.trunc(v)) >= 0.5))
+
+
+def activation_range(activation, output_scale, output_zero_point, kernels, qmin=-128, qmax=127):
+    """Integer clamp bounds of a fused RELU / RELU6 (CalculateActivationRangeQuantized; XNNPACK
+    rounds the bounds half to even instead of half away)."""
+    if activation in (None, "linear"):
+        return qmin, qmax
+
+    def quantize(v):
+        if kernels == "xnnpack":
+            return int(np.rint(f32(f32(v) / f32(output_scale)) + f32(output_zero_point)))
+        return output_zero_point + int(_rha(float(f32(f32(v) / f32(output_scale)))))
+
+    lo = max(qmin, quantize(0.0))
+    hi = min(qmax, quantize(6.0)) if activation == "relu6" else qmax
+    return lo, hi
+
+
+def output_stage(op, kernels, input_scale, weight_scales, output_scale, output_zero_point, activation="linear",
+                 groups=1):
+    """Keyword arguments (method, m/shift or scale, zero_point, act_min, act_max) for one op."""
+    if kernels not in KERNEL_PATHS:
+        raise _core.ConfigError(f"kernels: unknown path '{kernels}'; expected one of {', '.join(KERNEL_PATHS)}")
+    s_w = np.atleast_1d(np.asarray(weight_scales, np.float32))
+    s_in, s_out = f32(input_scale), f32(output_scale)
+    act_min, act_max = activation_range(activation, s_out, output_zero_point, kernels)
+    stage = dict(zero_point=int(output_zero_point), act_min=act_min, act_max=act_max)
+    exact = float(s_in) * s_w.astype(np.float64) / float(s_out)          # double product, double division
+    if kernels == "xnnpack":
+        return dict(stage, method="xnnpack", scale=((s_in * s_w).astype(np.float32) / s_out).astype(np.float32))
+    if kernels == "reference" and op == "fully_connected":
+        return dict(stage, method="double_rha", scale=exact)
+    if kernels == "builtin" and op == "fully_connected" and s_w.size == 1:
+        exact = np.array([float(f32(s_in * s_w[0])) / float(s_out)])    # per-tensor FC: a float32 product
+    method = "ruy" if kernels == "builtin" and (op == "fully_connected" or (op == "conv2d" and groups == 1)) \
+        else "gemmlowp"
+    ms, shifts = zip(*(_core.quantize_multiplier(float(v)) for v in exact))
+    return dict(stage, method=method, m=np.array(ms, np.int32), shift=np.array(shifts, np.int32))

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: Apache-2.0
+// Bindings: integer FULLY_CONNECTED and CONV_2D with an explicit output stage.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "numpy_interop.h"
+#include "qdrift/ops/integer.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+using qdrift::py_interop::array_in;
+using qdrift::py_interop::array_out;
+
+namespace {
+
+template <class T>
+std::vector<T> list_of(const py::object& obj) {
+  if (obj.is_none()) return {};
+  auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(obj);
+  QDRIFT_CHECK(a && a.ndim() <= 1, qdrift::ConfigError, "output stage parameters must be scalars or 1-D arrays");
+  return std::vector<T>(a.data(), a.data() + a.size());
+}
+
+qdrift::OutputStage make_stage(const std::string& method, const py::object& m, const py::object& shift,
+                               const py::object& scale, std::int32_t zero_point, std::int32_t act_min,
+                               std::int32_t act_max) {
+  qdrift::OutputStage s;
+  s.method = qdrift::parse_requant_method(method);
+  s.multiplier = list_of<std::int32_t>(m);
+  s.shift = list_of<int>(shift);
+  s.scale = list_of<double>(scale);
+  s.zero_point = zero_point;
+  s.act_min = act_min;
+  s.act_max = act_max;
+  return s;
+}
+
+const std::int32_t* optional_bias(const py::object& bias, py::array& keep, std::size_t channels, const char* fn) {
+  if (bias.is_none()) return nullptr;
+  auto b = array_in<std::int32_t>(bias, fn, "bias");
+  QDRIFT_CHECK(b.size() == channels, qdrift::ShapeError, fn, ": bias has ", b.size(), " values for ", channels,
+               " output channels");
+  keep = b.array;
+  return b.data;
+}
+
+}  // namespace
+
+void bind_integer(py::module_& m) {
+  m.def(
+      "fully_connected_int8",
+      [](const py::handle& x, const py::handle& filter, const py::object& bias, std::int32_t x_zero_point,
+         const std::string& method, const py::object& mult, const py::object& shift, const py::object& scale,
+         std::int32_t zero_point, std::int32_t act_min, std::int32_t act_max) {
+        auto xi = array_in<std::int8_t>(x, "fully_connected_int8", "x");
+        auto fi = array_in<std::int8_t>(filter, "fully_connected_int8", "filter");
+        QDRIFT_CHECK(fi.shape.size() == 2 && !xi.shape.empty() && xi.shape.back() == fi.shape[1], qdrift::ShapeError,
+                     "fully_connected_int8: filter ", qdrift::shape_to_string(fi.shape), " does not fit input ",
+                     qdrift::shape_to_string(xi.shape));
+        const std::size_t in = fi.shape[1], out = fi.shape[0], batch = in ? xi.size() / in : 0;
+        py::array keep;
+        const std::int32_t* b = optional_bias(bias, keep, out, "fully_connected_int8");
+        const qdrift::OutputStage stage = make_stage(method, mult, shift, scale, zero_point, act_min, act_max);
+        qdrift::Shape out_shape = xi.shape;
+        out_shape.back() = out;
+        auto y = array_out<std::int8_t>(out_shape);
+        std::int8_t* yp = y.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          qdrift::fully_connected_int8(xi.data, batch, in, x_zero_point, fi.data, out, b, stage, yp);
+        }
+        return y;
+      },
+      "x"_a, "filter"_a, "bias"_a, "x_zero_point"_a, py::kw_only(), "method"_a, "m"_a = py::none(),
+      "shift"_a = py::none(), "scale"_a = py::none(), "zero_point"_a = 0, "act_min"_a = -128, "act_max"_a = 127,
+      "int8 FULLY_CONNECTED: filter (out, in) as TFLite stores it; int32 accumulation, then the output stage.");
+
+  m.def(
+      "conv2d_int8",
+      [](const py::handle& x, const py::handle& filter, const py::object& bias, std::int32_t x_zero_point,
+         std::pair<std::size_t, std::size_t> strides, const std::string& padding,
+         std::pair<std::size_t, std::size_t> dilation, std::size_t groups, const std::string& method,
+         const py::object& mult, const py::object& shift, const py::object& scale, std::int32_t zero_point,
+         std::int32_t act_min, std::int32_t act_max) {
+        auto xi = array_in<std::int8_t>(x, "conv2d_int8", "x");
+        auto fi = array_in<std::int8_t>(filter, "conv2d_int8", "filter");
+        const qdrift::ConvGeometry g =
+            qdrift::make_conv_geometry(xi.shape, fi.shape, strides.first, strides.second, dilation.first,
+                                       dilation.second, qdrift::parse_padding(padding), groups, "conv2d_int8");
+        py::array keep;
+        const std::int32_t* b = optional_bias(bias, keep, g.o, "conv2d_int8");
+        const qdrift::OutputStage stage = make_stage(method, mult, shift, scale, zero_point, act_min, act_max);
+        auto y = array_out<std::int8_t>({g.n, g.oh, g.ow, g.o});
+        std::int8_t* yp = y.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          qdrift::conv2d_int8(g, xi.data, x_zero_point, fi.data, b, stage, yp);
+        }
+        return y;
+      },
+      "x"_a, "filter"_a, "bias"_a, "x_zero_point"_a, py::kw_only(), "strides"_a = std::pair<std::size_t, std::size_t>{1, 1},
+      "padding"_a = "valid", "dilation"_a = std::pair<std::size_t, std::size_t>{1, 1}, "groups"_a = 1, "method"_a,
+      "m"_a = py::none(), "shift"_a = py::none(), "scale"_a = py::none(), "zero_point"_a = 0, "act_min"_a = -128,
+      "act_max"_a = 127,
+      "int8 CONV_2D on NHWC input; filter in qdrift's (KH, KW, C/groups, O) layout; padding taps add 0.");
+}
