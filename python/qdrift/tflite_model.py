@@ -1,0 +1,205 @@
+"""qd.from_tflite: the exact quantized model a .tflite file holds, run on any LiteRT kernel path.
+
+Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and RESHAPE with
+int8 activations, int8 weights and int32 biases (the full-integer profile). The file is read with
+the `tflite` package (flatbuffers bindings of the TFLite schema)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+from .tflite_kernels import KERNEL_PATHS, f32, output_stage
+
+_DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
+           "UINT8": np.uint8}
+_ACTIVATIONS = {0: "linear", 1: "relu", 3: "relu6"}
+SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE")
+# Shape arithmetic the converter emits for a dynamic batch (Keras Flatten: SHAPE -> STRIDED_SLICE
+# -> PACK -> RESHAPE's shape input). qdrift reshapes to the output tensor's shape with the actual
+# batch, so these are skipped; they are accepted only when nothing but such a chain reads them.
+SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
+
+
+@dataclass
+class Tensor:
+    name: str
+    dtype: type
+    shape: tuple
+    scale: np.ndarray         # empty when not quantized
+    zero_point: np.ndarray
+    data: np.ndarray | None   # constant tensors only
+
+
+@dataclass
+class Op:
+    name: str
+    inputs: list
+    outputs: list
+    options: dict
+
+
+def _tflite():
+    try:
+        import tflite
+    except ImportError:   # pragma: no cover (a declared dependency)
+        raise _core.UnsupportedError("from_tflite needs the 'tflite' package: pip install tflite") from None
+    return tflite
+
+
+def _enum_names(enum_cls):
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def _options(tfl, op, name):
+    table = op.BuiltinOptions()
+    if table is None:
+        return {}
+    if name == "FULLY_CONNECTED":
+        o = tfl.FullyConnectedOptions()
+        o.Init(table.Bytes, table.Pos)
+        return dict(activation=o.FusedActivationFunction(), keep_num_dims=o.KeepNumDims())
+    if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        o = tfl.Conv2DOptions() if name == "CONV_2D" else tfl.DepthwiseConv2DOptions()
+        o.Init(table.Bytes, table.Pos)
+        return dict(activation=o.FusedActivationFunction(), padding="same" if o.Padding() == 0 else "valid",
+                    strides=(o.StrideH(), o.StrideW()), dilation=(o.DilationHFactor(), o.DilationWFactor()))
+    return {}
+
+
+class TFLiteModel:
+    """A parsed full-integer .tflite graph. `run(x, kernels=...)` reproduces the chosen LiteRT
+    kernel path bit for bit: "reference" (BUILTIN_REF), "builtin" (BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    or "xnnpack" (the default interpreter)."""
+
+    def __init__(self, tensors, ops, inputs, outputs):
+        self.tensors, self.ops, self.inputs, self.outputs = tensors, ops, inputs, outputs
+
+    @property
+    def input_details(self):
+        t = self.tensors[self.inputs[0]]
+        return dict(shape=t.shape, dtype=t.dtype, scale=t.scale, zero_point=t.zero_point)
+
+    def run(self, x, kernels="reference"):
+        if kernels not in KERNEL_PATHS:
+            raise _core.ConfigError(f"run: unknown kernels '{kernels}'; expected one of {', '.join(KERNEL_PATHS)}")
+        first = self.tensors[self.inputs[0]]
+        x = np.asarray(x)
+        if x.dtype != first.dtype:
+            raise _core.DTypeError(f"run: the model's input '{first.name}' is {first.dtype.__name__}, got {x.dtype}")
+        if tuple(x.shape[1:]) != tuple(first.shape[1:]):
+            raise _core.ShapeError(f"run: the model's input is (batch, {', '.join(map(str, first.shape[1:]))}), "
+                                   f"got {tuple(x.shape)}")
+        values = {self.inputs[0]: np.ascontiguousarray(x)}
+        for op in self.ops:
+            if op.name not in SHAPE_OPS:
+                values[op.outputs[0]] = self._run_op(op, values, kernels)
+        return values[self.outputs[0]]
+
+    def _run_op(self, op, values, kernels):
+        t_in, t_out = self.tensors[op.inputs[0]], self.tensors[op.outputs[0]]
+        x = values[op.inputs[0]]
+        if op.name == "QUANTIZE":
+            return _quantize(x, float(t_out.scale[0]), int(t_out.zero_point[0]), kernels)
+        if op.name == "DEQUANTIZE":
+            return ((x.astype(np.int32) - int(t_in.zero_point[0])).astype(np.float32) * f32(t_in.scale[0])).astype(np.float32)
+        if op.name == "RESHAPE":
+            return np.ascontiguousarray(x.reshape((x.shape[0],) + tuple(t_out.shape[1:])))
+        w = self.tensors[op.inputs[1]]
+        b = self.tensors[op.inputs[2]].data if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+        act = _ACTIVATIONS.get(op.options.get("activation", 0))
+        if act is None:
+            raise _core.UnsupportedError(f"run: fused activation {op.options['activation']} of {op.name} is not supported")
+        zp_in = int(t_in.zero_point[0])
+        if op.name == "FULLY_CONNECTED":
+            stage = output_stage("fully_connected", kernels, t_in.scale[0], w.scale, t_out.scale[0],
+                                 int(t_out.zero_point[0]), act)
+            y = _core.fully_connected_int8(np.ascontiguousarray(x.reshape(-1, w.shape[1])), w.data, b, zp_in, **stage)
+            return y.reshape((x.shape[0],) + tuple(t_out.shape[1:])) if len(t_out.shape) > 1 else y
+        if op.name == "CONV_2D":
+            groups = x.shape[3] // w.shape[3]
+            f = np.ascontiguousarray(np.transpose(w.data, (1, 2, 3, 0)))      # OHWI -> (KH, KW, C/g, O)
+            kind = "conv2d"
+        else:
+            groups = x.shape[3]
+            f = np.ascontiguousarray(w.data.reshape(w.shape[1], w.shape[2], 1, w.shape[3]))
+            kind = "depthwise"
+        stage = output_stage(kind, kernels, t_in.scale[0], w.scale, t_out.scale[0], int(t_out.zero_point[0]), act,
+                             groups=groups)
+        return _core.conv2d_int8(x, f, b, zp_in, strides=op.options["strides"], padding=op.options["padding"],
+                                 dilation=op.options["dilation"], groups=groups, **stage)
+
+
+def _quantize(x, scale, zero_point, kernels):
+    """float32 -> int8 as each path's QUANTIZE kernel rounds (tflite-semantics.md §7)."""
+    x = np.asarray(x, np.float32)
+    if kernels == "xnnpack":
+        q = np.rint((x * (f32(1) / f32(scale))).astype(np.float32))        # ties to even
+    else:
+        v = (x / f32(scale)).astype(np.float32)
+        q = np.trunc(v) + np.sign(v) * (np.abs(v - np.trunc(v)) >= 0.5)   # ties away from zero
+    return np.clip(q + zero_point, -128, 127).astype(np.int8)
+
+
+def _check_shape_chains(ops):
+    shape_values = {o for op in ops if op.name in SHAPE_OPS for o in op.outputs}
+    for op in ops:
+        allowed = op.inputs if op.name in SHAPE_OPS else (op.inputs[1:2] if op.name == "RESHAPE" else [])
+        used = shape_values.intersection(op.inputs) - set(allowed)
+        if used:
+            raise _core.UnsupportedError(f"from_tflite: {op.name} reads a computed shape; only RESHAPE may")
+
+
+def from_tflite(model) -> TFLiteModel:
+    """Read a .tflite file (a path or its bytes). Files that are not TFLite flatbuffers, are
+    truncated, or hold unsupported ops raise DataError / UnsupportedError naming the problem."""
+    tfl = _tflite()
+    if isinstance(model, (str, os.PathLike)):
+        with open(model, "rb") as f:
+            buf = f.read()
+    else:
+        buf = bytes(model)
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise _core.DataError("from_tflite: not a TFLite flatbuffer (no 'TFL3' identifier)")
+    types, ops_by_code = _enum_names(tfl.TensorType), _enum_names(tfl.BuiltinOperator)
+    try:
+        m = tfl.Model.GetRootAsModel(buf, 0)
+        if m.SubgraphsLength() != 1:
+            raise _core.UnsupportedError(f"from_tflite: {m.SubgraphsLength()} subgraphs (control flow such as "
+                                         "WHILE); only single-subgraph models are supported")
+        sg = m.Subgraphs(0)
+        tensors = []
+        for i in range(sg.TensorsLength()):
+            t = sg.Tensors(i)
+            q = t.Quantization()
+            dtype = _DTYPES.get(types.get(t.Type()))
+            if dtype is None:
+                raise _core.UnsupportedError(f"from_tflite: tensor '{t.Name().decode()}' has type "
+                                             f"{types.get(t.Type(), t.Type())}")
+            raw = m.Buffers(t.Buffer()).DataAsNumpy() if t.Buffer() < m.BuffersLength() else 0
+            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+            data = None
+            if isinstance(raw, np.ndarray) and raw.size:
+                data = np.ascontiguousarray(np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape))
+            scale = q.ScaleAsNumpy() if q is not None and q.ScaleLength() else np.zeros(0, np.float32)
+            zp = q.ZeroPointAsNumpy() if q is not None and q.ZeroPointLength() else np.zeros(0, np.int64)
+            tensors.append(Tensor(t.Name().decode(), dtype, shape, np.asarray(scale, np.float32),
+                                  np.asarray(zp, np.int64), data))
+        ops = []
+        for i in range(sg.OperatorsLength()):
+            op = sg.Operators(i)
+            code = m.OperatorCodes(op.OpcodeIndex())
+            name = ops_by_code.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            if name not in SUPPORTED_OPS + SHAPE_OPS:
+                raise _core.UnsupportedError(f"from_tflite: operator {i} is {name}; supported: {', '.join(SUPPORTED_OPS)}")
+            ops.append(Op(name, [int(v) for v in op.InputsAsNumpy()], [int(v) for v in op.OutputsAsNumpy()],
+                          _options(tfl, op, name)))
+        inputs, outputs = [int(v) for v in sg.InputsAsNumpy()], [int(v) for v in sg.OutputsAsNumpy()]
+        _check_shape_chains(ops)
+    except _core.Error:
+        raise
+    except Exception as e:   # the flatbuffer library signals corruption with assorted exceptions
+        raise _core.DataError(f"from_tflite: the flatbuffer is corrupt or truncated ({type(e).__name__}: {e})") from None
+    return TFLiteModel(tensors, ops, inputs, outputs)
