@@ -3,7 +3,12 @@
 // int8 kernels use; w * (x - zp) with |w| <= 127 cannot overflow below 2^16 taps).
 #include "qdrift/ops/integer.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
 #include "qdrift/core/check.h"
+#include "qdrift/core/rounding.h"
 
 namespace qdrift {
 
@@ -70,6 +75,56 @@ void conv2d_int8(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zer
           }
           y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = static_cast<std::int8_t>(requantize(acc, rq[oc]));
         }
+}
+
+void add_int8(AddKernel kernel, const std::int8_t* a, const std::int8_t* b, std::size_t n, float a_scale,
+              std::int32_t a_zero_point, float b_scale, std::int32_t b_zero_point, float out_scale,
+              std::int32_t out_zero_point, std::int32_t act_min, std::int32_t act_max, std::int8_t* y) {
+  QDRIFT_CHECK(a_scale > 0.0f && b_scale > 0.0f && out_scale > 0.0f, ConfigError, "add_int8: scales must be positive");
+  const auto clamp = [&](std::int64_t v) { return static_cast<std::int8_t>(std::clamp<std::int64_t>(v, act_min, act_max)); };
+  if (kernel == AddKernel::kTflite) {
+    // add.cc Prepare: multipliers relative to twice the larger input scale (a float product).
+    constexpr int kLeftShift = 20;
+    const double twice_max = 2 * std::max(a_scale, b_scale);
+    const QuantizedMultiplier ma = quantize_multiplier(a_scale / twice_max);
+    const QuantizedMultiplier mb = quantize_multiplier(b_scale / twice_max);
+    const QuantizedMultiplier mo = quantize_multiplier(twice_max / ((1 << kLeftShift) * static_cast<double>(out_scale)));
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int32_t sa = requantize_gemmlowp((a[i] - a_zero_point) * (1 << kLeftShift), ma.multiplier, ma.shift);
+      const std::int32_t sb = requantize_gemmlowp((b[i] - b_zero_point) * (1 << kLeftShift), mb.multiplier, mb.shift);
+      y[i] = clamp(std::int64_t{requantize_gemmlowp(sa + sb, mo.multiplier, mo.shift)} + out_zero_point);
+    }
+    return;
+  }
+  // XNNPACK qs8 vadd: both ratios share a shift chosen so the larger multiplier has ~20 bits.
+  const float a_ratio = a_scale / out_scale, b_ratio = b_scale / out_scale;
+  std::uint32_t ab, bb;
+  std::memcpy(&ab, &a_ratio, sizeof ab);
+  std::memcpy(&bb, &b_ratio, sizeof bb);
+  const int max_exponent = static_cast<int>(std::max(ab >> 23, bb >> 23)) - 127;
+  const int shift = 20 - max_exponent;
+  const auto am = static_cast<std::int32_t>(round_half_even(std::ldexp(a_ratio, shift)));
+  const auto bm = static_cast<std::int32_t>(round_half_even(std::ldexp(b_ratio, shift)));
+  const std::int64_t bias = (std::int64_t{1} << (shift - 1)) - std::int64_t{am} * a_zero_point - std::int64_t{bm} * b_zero_point;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t acc = bias + std::int64_t{am} * a[i] + std::int64_t{bm} * b[i];
+    y[i] = clamp((acc >> shift) + out_zero_point);
+  }
+}
+
+std::vector<std::int8_t> lut_int8(LutFunction f, float in_scale, std::int32_t in_zero_point, float out_scale,
+                                  std::int32_t out_zero_point, bool round_half_even_rule) {
+  std::vector<std::int8_t> lut(256);
+  const float inverse = 1.0f / out_scale;
+  for (int v = -128; v <= 127; ++v) {
+    const float x = in_scale * static_cast<float>(v - in_zero_point);
+    const float t = f == LutFunction::kTanh ? std::tanh(x) : 1.0f / (1.0f + std::exp(-x));
+    const float scaled = t * inverse;
+    const float r = round_half_even_rule ? round_half_even(scaled + static_cast<float>(out_zero_point))
+                                         : round_half_away(scaled) + static_cast<float>(out_zero_point);
+    lut[static_cast<std::size_t>(v + 128)] = static_cast<std::int8_t>(std::clamp(r, -128.0f, 127.0f));
+  }
+  return lut;
 }
 
 }  // namespace qdrift

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .tflite_kernels import KERNEL_PATHS, f32, output_stage
+from .tflite_kernels import KERNEL_PATHS, activation_range, f32, output_stage
 
 _DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
            "UINT8": np.uint8}
 _ACTIVATIONS = {0: "linear", 1: "relu", 3: "relu6"}
-SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE")
+SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "ADD",
+                 "TANH", "LOGISTIC", "UNPACK")
 # Shape arithmetic the converter emits for a dynamic batch (Keras Flatten: SHAPE -> STRIDED_SLICE
 # -> PACK -> RESHAPE's shape input). qdrift reshapes to the output tensor's shape with the actual
 # batch, so these are skipped; they are accepted only when nothing but such a chain reads them.
@@ -61,6 +62,14 @@ def _options(tfl, op, name):
         o = tfl.FullyConnectedOptions()
         o.Init(table.Bytes, table.Pos)
         return dict(activation=o.FusedActivationFunction(), keep_num_dims=o.KeepNumDims())
+    if name == "ADD":
+        o = tfl.AddOptions()
+        o.Init(table.Bytes, table.Pos)
+        return dict(activation=o.FusedActivationFunction())
+    if name == "UNPACK":
+        o = tfl.UnpackOptions()
+        o.Init(table.Bytes, table.Pos)
+        return dict(axis=o.Axis())
     if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         o = tfl.Conv2DOptions() if name == "CONV_2D" else tfl.DepthwiseConv2DOptions()
         o.Init(table.Bytes, table.Pos)
@@ -94,7 +103,11 @@ class TFLiteModel:
                                    f"got {tuple(x.shape)}")
         values = {self.inputs[0]: np.ascontiguousarray(x)}
         for op in self.ops:
-            if op.name not in SHAPE_OPS:
+            if op.name == "UNPACK":
+                x = values[op.inputs[0]]
+                for k, out in enumerate(op.outputs):
+                    values[out] = np.ascontiguousarray(np.take(x, k, axis=op.options["axis"]))
+            elif op.name not in SHAPE_OPS:
                 values[op.outputs[0]] = self._run_op(op, values, kernels)
         return values[self.outputs[0]]
 
@@ -106,7 +119,23 @@ class TFLiteModel:
         if op.name == "DEQUANTIZE":
             return ((x.astype(np.int32) - int(t_in.zero_point[0])).astype(np.float32) * f32(t_in.scale[0])).astype(np.float32)
         if op.name == "RESHAPE":
-            return np.ascontiguousarray(x.reshape((x.shape[0],) + tuple(t_out.shape[1:])))
+            # The file's static shape, unless the batch changed at run time (then keep the batch).
+            shape = t_out.shape if int(np.prod(t_out.shape)) == x.size else (x.shape[0],) + tuple(t_out.shape[1:])
+            return np.ascontiguousarray(x.reshape(shape))
+        if op.name in ("TANH", "LOGISTIC"):
+            # A 256-entry table; XNNPACK rounds its entries half to even, the TFLite kernels half away.
+            lut = _core.lut_int8(op.name.lower(), float(t_in.scale[0]), int(t_in.zero_point[0]), float(t_out.scale[0]),
+                                 int(t_out.zero_point[0]), round_half_even=kernels == "xnnpack")
+            return lut[x.astype(np.int32) + 128]
+        if op.name == "ADD":
+            t_b = self.tensors[op.inputs[1]]
+            b = values[op.inputs[1]] if op.inputs[1] in values else t_b.data
+            act = _ACTIVATIONS.get(op.options.get("activation", 0))
+            lo, hi = activation_range(act, t_out.scale[0], int(t_out.zero_point[0]), kernels)
+            return _core.add_int8(x, np.ascontiguousarray(np.broadcast_to(b, x.shape)), float(t_in.scale[0]),
+                                  int(t_in.zero_point[0]), float(t_b.scale[0]), int(t_b.zero_point[0]),
+                                  float(t_out.scale[0]), int(t_out.zero_point[0]),
+                                  kernel="xnnpack" if kernels == "xnnpack" else "tflite", act_min=lo, act_max=hi)
         w = self.tensors[op.inputs[1]]
         b = self.tensors[op.inputs[2]].data if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         act = _ACTIVATIONS.get(op.options.get("activation", 0))

@@ -53,6 +53,41 @@ const std::int32_t* optional_bias(const py::object& bias, py::array& keep, std::
 
 void bind_integer(py::module_& m) {
   m.def(
+      "add_int8",
+      [](const py::handle& a, const py::handle& b, float a_scale, std::int32_t a_zero_point, float b_scale,
+         std::int32_t b_zero_point, float out_scale, std::int32_t out_zero_point, const std::string& kernel,
+         std::int32_t act_min, std::int32_t act_max) {
+        auto ai = array_in<std::int8_t>(a, "add_int8", "a");
+        auto bi = array_in<std::int8_t>(b, "add_int8", "b");
+        QDRIFT_CHECK(ai.shape == bi.shape, qdrift::ShapeError, "add_int8: a ", qdrift::shape_to_string(ai.shape),
+                     " and b ", qdrift::shape_to_string(bi.shape), " differ (broadcasting is not supported)");
+        QDRIFT_CHECK(kernel == "tflite" || kernel == "xnnpack", qdrift::ConfigError,
+                     "add_int8: kernel must be tflite or xnnpack, got '", kernel, "'");
+        auto y = array_out<std::int8_t>(ai.shape);
+        qdrift::add_int8(kernel == "tflite" ? qdrift::AddKernel::kTflite : qdrift::AddKernel::kXnnpack, ai.data,
+                         bi.data, ai.size(), a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point,
+                         act_min, act_max, y.mutable_data());
+        return y;
+      },
+      "a"_a, "b"_a, "a_scale"_a, "a_zero_point"_a, "b_scale"_a, "b_zero_point"_a, "out_scale"_a,
+      "out_zero_point"_a, py::kw_only(), "kernel"_a = "tflite", "act_min"_a = -128, "act_max"_a = 127,
+      "int8 ADD of equal shapes as the TFLite kernels (kernel='tflite') or XNNPACK compute it.");
+  m.def(
+      "lut_int8",
+      [](const std::string& function, float in_scale, std::int32_t in_zero_point, float out_scale,
+         std::int32_t out_zero_point, bool round_half_even) {
+        QDRIFT_CHECK(function == "tanh" || function == "logistic", qdrift::ConfigError,
+                     "lut_int8: function must be tanh or logistic, got '", function, "'");
+        const auto lut = qdrift::lut_int8(function == "tanh" ? qdrift::LutFunction::kTanh : qdrift::LutFunction::kLogistic,
+                                          in_scale, in_zero_point, out_scale, out_zero_point, round_half_even);
+        auto out = array_out<std::int8_t>({256});
+        std::copy(lut.begin(), lut.end(), out.mutable_data());
+        return out;
+      },
+      "function"_a, "in_scale"_a, "in_zero_point"_a, "out_scale"_a, "out_zero_point"_a, py::kw_only(),
+      "round_half_even"_a = false, "256-entry int8 TANH / LOGISTIC table; entry v + 128 is f(v).");
+
+  m.def(
       "fully_connected_int8",
       [](const py::handle& x, const py::handle& filter, const py::object& bias, std::int32_t x_zero_point,
          const std::string& method, const py::object& mult, const py::object& shift, const py::object& scale,

@@ -175,3 +175,20 @@ TEST_CASE("ops: integer kernels on hand-checked cases") {
   CHECK_THROWS_AS(qdrift::conv2d_int8(g, image.data(), -128, ones.data(), bias.data(), stage, out.data()),
                   qdrift::ConfigError);
 }
+
+TEST_CASE("ops: int8 ADD and TANH/LOGISTIC tables on hand-checked values") {
+  // Real values a = 0.5 * (10 - 2) = 4 and b = 0.25 * (-4 - 0) = -1 add to 3 = 0.1 * (25 - (-5)).
+  const std::vector<std::int8_t> a{10}, b{-4};
+  std::vector<std::int8_t> y(1);
+  for (auto k : {qdrift::AddKernel::kTflite, qdrift::AddKernel::kXnnpack}) {
+    qdrift::add_int8(k, a.data(), b.data(), 1, 0.5f, 2, 0.25f, 0, 0.1f, -5, -128, 127, y.data());
+    CHECK(y[0] == 25);
+  }
+  const auto tanh = qdrift::lut_int8(qdrift::LutFunction::kTanh, 1.0f / 16, 0, 1.0f / 128, 0, false);
+  CHECK(tanh[128] == 0);                      // tanh(0) = 0
+  CHECK(tanh[255] == 127);                    // tanh(127/16) rounds to 128/128, clamped to 127
+  CHECK(tanh[0] == -128);
+  for (std::size_t i = 1; i < 256; ++i) CHECK(tanh[i] >= tanh[i - 1]);   // monotone
+  const auto sigmoid = qdrift::lut_int8(qdrift::LutFunction::kLogistic, 1.0f / 16, 0, 1.0f / 256, -128, false);
+  CHECK(sigmoid[128] == 0);                   // 0.5 * 256 - 128
+}

@@ -60,8 +60,8 @@ def test_bad_files(tmp_path, rng):
     assert qd.from_tflite(path).run(np.zeros((1, 4), np.int8)).shape == (1, 2)
     with pytest.raises(qd.DTypeError, match="input .* is int8"):
         qd.from_tflite(path).run(np.zeros((1, 4), np.float32))
-    km = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="tanh")])
-    with pytest.raises(qd.UnsupportedError, match="is TANH"):
+    km = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), keras.layers.Softmax()])
+    with pytest.raises(qd.UnsupportedError, match="is SOFTMAX"):
         qd.from_tflite(convert(km, rng.normal(size=(4, 4)).astype(np.float32), True))
 
 
@@ -83,3 +83,33 @@ def test_canonical_dense_and_conv_examples(rng):
         # Against the float answer (3.0 / 9.0): not equal (the dense gives ~2.93 with this
         # calibration), but within 5% -- the input, weight and output rounding of int8.
         assert np.allclose(ours, np.asarray(km(x)), rtol=0.05), ours.ravel()[:3]
+
+
+def test_unrolled_rnn_tanh_and_logistic_equal_litert(rng):
+    """Full-int8 SimpleRNN(unroll=True) lowers to UNPACK, FULLY_CONNECTED, ADD and TANH per step
+    (the converter crashes on the WHILE form); Dense + tanh/sigmoid adds TANH / LOGISTIC tables."""
+    cases = []
+    canonical = keras.Sequential([keras.Input((5, 1), batch_size=1), keras.layers.SimpleRNN(4, use_bias=False,
+                                                                                           unroll=True)])
+    canonical.set_weights([np.ones((1, 4), np.float32), np.ones((4, 4), np.float32)])
+    cases.append((canonical, np.ones((1, 5, 1), np.float32)))
+    for trial in range(12):
+        if trial % 3 == 0:
+            t, f = int(rng.integers(2, 7)), int(rng.integers(1, 5))
+            km = keras.Sequential([keras.Input((t, f), batch_size=1),
+                                   keras.layers.SimpleRNN(int(rng.integers(2, 9)), unroll=True)])
+            shape = (t, f)
+        else:
+            shape = (int(rng.integers(2, 20)),)
+            act = "tanh" if trial % 3 == 1 else "sigmoid"
+            km = keras.Sequential([keras.Input(shape), keras.layers.Dense(int(rng.integers(2, 10)), activation=act)])
+        km.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in km.get_weights()])
+        cases.append((km, rng.normal(size=(1,) + shape).astype(np.float32)))
+    for i, (km, x) in enumerate(cases):
+        cal = rng.uniform(0, 1, (4,) + x.shape[1:]).astype(np.float32) if i == 0 else \
+            rng.normal(size=(8,) + x.shape[1:]).astype(np.float32)
+        flatbuffer = convert(km, cal, False)
+        tm = qd.from_tflite(flatbuffer)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(tm.run(x, kernels=kernels), expected), (i, kernels)

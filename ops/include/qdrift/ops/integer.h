@@ -36,4 +36,20 @@ void fully_connected_int8(const std::int8_t* x, std::size_t batch, std::size_t i
 void conv2d_int8(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zero_point, const std::int8_t* filter,
                  const std::int32_t* bias, const OutputStage& stage, std::int8_t* y);
 
+// int8 ADD (same shapes). kTflite: the reference/builtin kernel (inputs shifted left by 20,
+// each rescaled by its gemmlowp multiplier, summed, rescaled to the output).
+// kXnnpack: XNNPACK's qs8 vadd (20-bit multipliers from the float scale ratios, one rounding
+// shift). act_min/act_max clamp the output codes.
+enum class AddKernel : std::uint8_t { kTflite, kXnnpack };
+void add_int8(AddKernel kernel, const std::int8_t* a, const std::int8_t* b, std::size_t n, float a_scale,
+              std::int32_t a_zero_point, float b_scale, std::int32_t b_zero_point, float out_scale,
+              std::int32_t out_zero_point, std::int32_t act_min, std::int32_t act_max, std::int8_t* y);
+
+// 256-entry lookup tables of int8 TANH / LOGISTIC: dequantize, transform in float32
+// (std::tanh, 1 / (1 + std::exp(-x))), scale by f32(1 / s_out), round (half away for the
+// TFLite kernels, half even for XNNPACK), add the zero point, clamp. lut[v + 128] is f(v).
+enum class LutFunction : std::uint8_t { kTanh, kLogistic };
+std::vector<std::int8_t> lut_int8(LutFunction f, float in_scale, std::int32_t in_zero_point, float out_scale,
+                                  std::int32_t out_zero_point, bool round_half_even);
+
 }  // namespace qdrift
