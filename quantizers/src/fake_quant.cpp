@@ -33,14 +33,6 @@ RefElement ref_element(const ElementwiseArgs& a, std::size_t slot, float x, std:
   return {code_f, q};
 }
 
-template <class Fn>
-void for_each_element(const SliceLayout& l, Fn&& fn) {
-  std::size_t i = 0;
-  for (std::size_t o = 0; o < l.outer; ++o)
-    for (std::size_t c = 0; c < l.channels; ++c)
-      for (std::size_t k = 0; k < l.inner; ++k, ++i) fn(i, l.slot(o, c, k));
-}
-
 // The per-slot constant tables the fast kernels read (built here, in baseline code). With
 // channels last, the tables repeat so that one kernel span covers ~4096 elements.
 struct SlotTable {

@@ -19,15 +19,6 @@ namespace {
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// Calls fn(flat index, slot) for every element of a row-major tensor with layout l.
-template <class Fn>
-void for_each_element(const SliceLayout& l, Fn&& fn) {
-  std::size_t i = 0;
-  for (std::size_t o = 0; o < l.outer; ++o)
-    for (std::size_t c = 0; c < l.channels; ++c)
-      for (std::size_t k = 0; k < l.inner; ++k, ++i) fn(i, l.slot(o, c, k));
-}
-
 // Every layout gives each slot the same number of elements (per tensor: all of them; per
 // channel: outer * inner; per group: group_size).
 std::size_t elements_per_slot(const SliceLayout& l) { return l.num_elements() / l.num_slots(); }

@@ -82,15 +82,11 @@ std::int8_t quantize_clamp_int8(float w, float inv) {
 // Largest |w| of each slot; NaN/Inf weights are a DataError (the converter leaves them float).
 std::vector<float> max_abs_per_slot(const float* w, const SliceLayout& l) {
   std::vector<float> m(l.num_slots(), 0.0f);
-  std::size_t i = 0;
-  for (std::size_t o = 0; o < l.outer; ++o)
-    for (std::size_t c = 0; c < l.channels; ++c)
-      for (std::size_t k = 0; k < l.inner; ++k, ++i) {
-        QDRIFT_CHECK(std::isfinite(w[i]), DataError, "quantize_weights: weight ", i, " is ", w[i],
-                     "; the converter quantizes finite weights only");
-        float& slot = m[l.slot(o, c, k)];
-        slot = std::max(slot, std::fabs(w[i]));
-      }
+  for_each_element(l, [&](std::size_t i, std::size_t s) {
+    QDRIFT_CHECK(std::isfinite(w[i]), DataError, "quantize_weights: weight ", i, " is ", w[i],
+                 "; the converter quantizes finite weights only");
+    m[s] = std::max(m[s], std::fabs(w[i]));
+  });
   return m;
 }
 
@@ -217,19 +213,15 @@ QuantizedWeights quantize_weights(const float* w, const Shape& shape, bool per_c
   // Per tensor (toco/portable) the int32 clamp; per channel the int8-truncating one.
   const auto quantize = per_channel ? quantize_clamp_int8 : quantize_clamp_int32;
   out.values.resize(l.num_elements());
-  std::size_t i = 0;
-  for (std::size_t o = 0; o < l.outer; ++o)
-    for (std::size_t c = 0; c < l.channels; ++c)
-      for (std::size_t k = 0; k < l.inner; ++k, ++i) {
-        const std::size_t s = l.slot(o, c, k);
-        if (scheme == WeightScheme::kDynamicRange) {
-          out.values[i] = quantize_dynamic(w[i], dynamic_scale[s]);
-        } else if (!per_channel && max_abs[s] == 0.0f) {
-          out.values[i] = 0;   // toco memsets an all-zero tensor (PTQ: its fallback gives 0 too)
-        } else {
-          out.values[i] = quantize(w[i], scales[s].inv_scale);
-        }
-      }
+  for_each_element(l, [&](std::size_t i, std::size_t s) {
+    if (scheme == WeightScheme::kDynamicRange) {
+      out.values[i] = quantize_dynamic(w[i], dynamic_scale[s]);
+    } else if (!per_channel && max_abs[s] == 0.0f) {
+      out.values[i] = 0;   // toco memsets an all-zero tensor (PTQ: its fallback gives 0 too)
+    } else {
+      out.values[i] = quantize(w[i], scales[s].inv_scale);
+    }
+  });
   return out;
 }
 

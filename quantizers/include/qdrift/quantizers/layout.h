@@ -30,6 +30,15 @@ struct SliceLayout {
   }
 };
 
+// Calls fn(flat index, slot) for every element of a row-major tensor with layout l, in order.
+template <class Fn>
+void for_each_element(const SliceLayout& l, Fn&& fn) {
+  std::size_t i = 0;
+  for (std::size_t o = 0; o < l.outer; ++o)
+    for (std::size_t c = 0; c < l.channels; ++c)
+      for (std::size_t k = 0; k < l.inner; ++k, ++i) fn(i, l.slot(o, c, k));
+}
+
 // Throws ShapeError naming `what` when the axis is out of range or the group size does not
 // divide the axis length. `axis` may be negative (counted from the end).
 SliceLayout make_layout(const Shape& shape, Granularity g, int axis, int group_size, const char* what);
