@@ -3,6 +3,7 @@ independent NumPy restatement (float32 steps in np.float32, double steps in floa
 random ranges, weights and biases, plus the worked examples of §2.3 and §10 items 6-7."""
 import numpy as np
 import pytest
+import torch
 
 import qdrift as qd
 
@@ -190,7 +191,6 @@ def test_vector_7_weight_ties_round_away_from_zero():
     for scheme in ("ptq", "int16x8", "dynamic"):
         scales, values = qd.tflite.quantize_weights(w, True, 0, scheme)
         assert scales.tolist() == [1.0] and values.tolist() == [[127, 3, -3, 1]]
-    torch = pytest.importorskip("torch")
     fq = torch.fake_quantize_per_tensor_affine(torch.from_numpy(w), 1.0, 0, -127, 127)
     assert fq.tolist() == [[127.0, 2.0, -2.0, 0.0]]
 
