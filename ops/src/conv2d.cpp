@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "conv_index.h"
 #include "qdrift/core/check.h"
 #include "qdrift/ops/ops.h"
 
@@ -15,12 +16,7 @@ namespace {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Strided = Eigen::OuterStride<>;
 
-// Input row/column of output position `o` and kernel tap `k`, or -1 when it falls in padding.
-inline std::ptrdiff_t input_index(std::size_t o, std::size_t k, std::size_t stride, std::size_t dilation,
-                                  std::size_t pad, std::size_t size) {
-  const auto i = static_cast<std::ptrdiff_t>(o * stride + k * dilation) - static_cast<std::ptrdiff_t>(pad);
-  return (i >= 0 && i < static_cast<std::ptrdiff_t>(size)) ? i : -1;
-}
+using detail::conv_input_index;
 
 void conv_reference(const ConvGeometry& g, const float* x, const float* k, const float* b, float* y) {
   for (std::size_t n = 0; n < g.n; ++n)
@@ -30,10 +26,10 @@ void conv_reference(const ConvGeometry& g, const float* x, const float* k, const
           const std::size_t group = oc / g.og();
           double acc = b ? b[oc] : 0.0;
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
-            const std::ptrdiff_t iy = input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            const std::ptrdiff_t iy = conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
             if (iy < 0) continue;
             for (std::size_t kx = 0; kx < g.kw; ++kx) {
-              const std::ptrdiff_t ix = input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+              const std::ptrdiff_t ix = conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
               if (ix < 0) continue;
               const float* xp = x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c +
                                 group * g.cg();
@@ -55,10 +51,10 @@ void conv_depthwise_fast(const ConvGeometry& g, const float* x, const float* k, 
         float* yp = y + ((n * g.oh + oy) * g.ow + ox) * g.o;
         for (std::size_t oc = 0; oc < g.o; ++oc) yp[oc] = b ? b[oc] : 0.0f;
         for (std::size_t ky = 0; ky < g.kh; ++ky) {
-          const std::ptrdiff_t iy = input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+          const std::ptrdiff_t iy = conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
           if (iy < 0) continue;
           for (std::size_t kx = 0; kx < g.kw; ++kx) {
-            const std::ptrdiff_t ix = input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+            const std::ptrdiff_t ix = conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
             if (ix < 0) continue;
             const float* xp = x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c;
             const float* kp = k + (ky * g.kw + kx) * g.o;
@@ -82,9 +78,9 @@ void conv_im2col_fast(const ConvGeometry& g, const float* x, const float* k, con
       for (std::size_t oy = 0; oy < g.oh; ++oy)
         for (std::size_t ox = 0; ox < g.ow; ++ox)
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
-            const std::ptrdiff_t iy = input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            const std::ptrdiff_t iy = conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
             for (std::size_t kx = 0; kx < g.kw; ++kx, cp += g.cg()) {
-              const std::ptrdiff_t ix = input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+              const std::ptrdiff_t ix = conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
               if (iy < 0 || ix < 0) {
                 std::fill(cp, cp + g.cg(), 0.0f);
                 continue;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "conv_index.h"
 #include "qdrift/core/check.h"
 #include "qdrift/core/rounding.h"
 
@@ -62,11 +63,11 @@ void conv2d_int8(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zer
           const std::size_t group = oc / g.og();
           std::int32_t acc = bias ? bias[oc] : 0;
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
-            const auto iy = static_cast<std::ptrdiff_t>(oy * g.sh + ky * g.dh) - static_cast<std::ptrdiff_t>(g.pad_top);
-            if (iy < 0 || iy >= static_cast<std::ptrdiff_t>(g.h)) continue;   // padding: x == zp_in, adds 0
+            const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            if (iy < 0) continue;   // padding: x == zp_in, adds 0
             for (std::size_t kx = 0; kx < g.kw; ++kx) {
-              const auto ix = static_cast<std::ptrdiff_t>(ox * g.sw + kx * g.dw) - static_cast<std::ptrdiff_t>(g.pad_left);
-              if (ix < 0 || ix >= static_cast<std::ptrdiff_t>(g.w)) continue;
+              const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+              if (ix < 0) continue;
               const std::int8_t* xp =
                   x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c + group * g.cg();
               for (std::size_t ic = 0; ic < g.cg(); ++ic)

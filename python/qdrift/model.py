@@ -57,11 +57,19 @@ def _weight_quantizer(spec, weight_name, weight):
         spec["axis"] = -1
     if weight_name == "depthwise_kernel" and spec.get("granularity") == "per_channel":
         weight = weight.reshape(weight.shape[:2] + (1, -1))
-    q = Quantizer(**spec)
-    if json.loads(q.spec_json())["format"] == "int" and json.loads(q.spec_json())["mode"] == "static":
-        q.observe(np.ascontiguousarray(weight))
+    return _frozen_on(Quantizer(**spec), weight), weight.shape
+
+
+def _frozen_on(q, constant):
+    """A quantizer for a constant tensor: static ones observe it once and freeze."""
+    if q.observes:
+        q.observe(np.ascontiguousarray(constant))
         q.freeze()
-    return q, weight.shape
+    return q
+
+
+def _observes(q):
+    return isinstance(q, Quantizer) and q.observes
 
 
 def _tap_name(layer):
@@ -218,10 +226,7 @@ class Sequential:
                         _ReshapedQuantizer(quantizer, view_shape)
             bspec = config.spec(layer.name, "bias")
             if bspec is not None and "bias" in layer.weights:
-                q.bias = Quantizer(**bspec)
-                if json.loads(q.bias.spec_json())["mode"] == "static" and json.loads(q.bias.spec_json())["format"] == "int":
-                    q.bias.observe(layer.weights["bias"])
-                    q.bias.freeze()
+                q.bias = _frozen_on(Quantizer(**bspec), layer.weights["bias"])
             aspec = config.spec(layer.name, "activations")
             q.output = Quantizer(**aspec) if aspec is not None else None
             sspec = config.spec(layer.name, "state")
@@ -231,14 +236,10 @@ class Sequential:
         qm._calibrate(calibration, batch_size)
         return qm
 
-    def _static(self, q):
-        return q is not None and isinstance(q, Quantizer) and json.loads(q.spec_json())["mode"] == "static" \
-            and json.loads(q.spec_json())["format"] == "int"
-
     def _calibrate(self, calibration, batch_size):
         """Observe the float model's activations (and RNN states) at every static point."""
         needs = [q for q in [self.input_quantizer] + [p for lq in self.quant.values() for p in (lq.output, lq.state)]
-                 if self._static(q)]
+                 if _observes(q)]
         if not needs:
             return
         if calibration is None:
@@ -249,13 +250,13 @@ class Sequential:
         float_model.quant, float_model.input_quantizer = {}, None
         for i in range(0, len(calibration), batch_size):
             _, taps = float_model(calibration[i:i + batch_size], taps=True)
-            if self._static(self.input_quantizer):
+            if _observes(self.input_quantizer):
                 self.input_quantizer.observe(taps["input"])
             for layer in self.layers:
                 lq = self.quant[layer.name]
-                if self._static(lq.output):
+                if _observes(lq.output):
                     lq.output.observe(taps[_tap_name(layer)])
-                if self._static(lq.state):
+                if _observes(lq.state):
                     lq.state.observe(taps[f"{layer.name}/states"])
         for q in needs:
             q.freeze()

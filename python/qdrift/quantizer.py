@@ -34,5 +34,11 @@ class Quantizer(_core.Quantizer):
     def __init__(self, **spec):
         super().__init__(json.dumps(spec))
 
+    @property
+    def observes(self) -> bool:
+        """True for static int quantizers: they take their parameters from observe()d data."""
+        spec = json.loads(self.spec_json())
+        return spec["mode"] == "static" and spec["format"] == "int"
+
     def __repr__(self) -> str:
         return f"Quantizer({self.spec_json()})"

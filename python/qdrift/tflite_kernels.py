@@ -14,8 +14,10 @@ KERNEL_PATHS = ("reference", "builtin", "xnnpack")
 f32 = np.float32
 
 
-def _rha(v):
-    return float(np.trunc(v) + np.sign(v) * (abs(v - np.trunc(v)) >= 0.5))
+def round_half_away(v):
+    """Ties away from zero, exactly (v - trunc(v) is exact in floating point)."""
+    t = np.trunc(v)
+    return t + np.sign(v) * (np.abs(v - t) >= 0.5)
 
 
 def activation_range(activation, output_scale, output_zero_point, kernels, qmin=-128, qmax=127):
@@ -27,7 +29,7 @@ def activation_range(activation, output_scale, output_zero_point, kernels, qmin=
     def quantize(v):
         if kernels == "xnnpack":
             return int(np.rint(f32(f32(v) / f32(output_scale)) + f32(output_zero_point)))
-        return output_zero_point + int(_rha(float(f32(f32(v) / f32(output_scale)))))
+        return output_zero_point + int(round_half_away(f32(f32(v) / f32(output_scale))))
 
     lo = max(qmin, quantize(0.0))
     hi = min(qmax, quantize(6.0)) if activation == "relu6" else qmax

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .tflite_kernels import KERNEL_PATHS, activation_range, f32, output_stage
+from .tflite_kernels import KERNEL_PATHS, activation_range, f32, output_stage, round_half_away
 
 _DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
            "UINT8": np.uint8}
@@ -168,7 +168,7 @@ def _quantize(x, scale, zero_point, kernels):
         q = np.rint((x * (f32(1) / f32(scale))).astype(np.float32))        # ties to even
     else:
         v = (x / f32(scale)).astype(np.float32)
-        q = np.trunc(v) + np.sign(v) * (np.abs(v - np.trunc(v)) >= 0.5)   # ties away from zero
+        q = round_half_away(v)
     return np.clip(q + zero_point, -128, 127).astype(np.int8)
 
 
