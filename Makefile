@@ -34,7 +34,8 @@ install: deps
 	$(PIP) install -q --no-build-isolation .
 
 test-deps: deps
-	$(PIP) install -q pytest ml_dtypes torch==2.13.0 tensorflow-cpu==2.21.0 ai-edge-litert==2.3.0 nbclient nbformat ipykernel matplotlib
+	$(PIP) install -q pytest ml_dtypes torch==2.13.0 tensorflow-cpu==2.21.0 ai-edge-litert==2.3.0 nbclient nbformat ipykernel matplotlib \
+	  pandas tqdm "dask[distributed]" scikit-learn jsonschema
 
 demo: install
 	$(PY) -m qdrift.demo
