@@ -8,3 +8,10 @@ from ._core import (  # noqa: F401
     fold_batch_norm,
     simple_rnn,
 )
+from ._core import (  # noqa: F401,E402  (backward passes, for training and QAT)
+    activation_backward,
+    conv2d_backward,
+    dense_backward,
+    depthwise_conv2d_backward,
+    simple_rnn_backward,
+)
