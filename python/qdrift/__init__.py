@@ -24,7 +24,7 @@ from ._core import (  # noqa: F401  (re-exports)
     requantize,
     to_bits,
 )
-from . import layers, metrics, ops, tflite  # noqa: F401
+from . import layers, metrics, ops, tflite, training  # noqa: F401
 from .keras_import import from_keras
 from .model import QuantConfig, Sequential
 from .quantizer import Quantizer

@@ -205,13 +205,21 @@ class Sequential:
         return model
 
     # ---- quantization -------------------------------------------------------------------------
-    def quantize(self, config: QuantConfig = None, calibration=None, batch_size=256):
+    def quantize(self, config: QuantConfig = None, calibration=None, batch_size=256, qat=False, lsq=False):
         """A fake-quantized copy: weights quantized (after BN folding), activation and state
-        quantizers calibrated on `calibration` (float model's values, like the TFLite converter)."""
+        quantizers calibrated on `calibration` (float model's values, like the TFLite converter).
+
+        qat=True gives a trainable fake-quant model instead (train it with .fit): straight-through
+        gradients, BN folded as torch's QAT ConvBn does, activation ranges from moving-average
+        observers (initialized on `calibration` when given); lsq=True learns the weight and
+        activation scales / zero points (LSQ). See qdrift.training."""
         config = config or QuantConfig()
         unknown = set(config.overrides) - {l.name for l in self.layers}
         if unknown:
             raise _core.ConfigError(f"/overrides: no layer named {sorted(unknown)}")
+        if qat or lsq:
+            from .training import make_qat_model
+            return make_qat_model(self, config, calibration=calibration, lsq=lsq, batch_size=batch_size)
         qm = copy.deepcopy(self)
         qm.quant, qm.input_quantizer = {}, None
         if config.fold_batch_norm:
@@ -283,3 +291,22 @@ class Sequential:
             # The folded BN's name now points at the merged layer's output for taps.
             prev.folded = getattr(prev, "folded", []) + [layer.name]
         self.layers = kept
+
+    # ---- training (qdrift.training) ------------------------------------------------------------
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, loss="cross_entropy", optimizer=None,
+            seed=None, shuffle=True, verbose=True, path="auto"):
+        """Train in place (float, or QAT for a quantize(..., qat=True) model) -> training.History.
+        optimizer: qdrift.training.SGD / Adam or {"kind": "sgd"|"adam"|"adamw", "lr": ...}."""
+        from .training import fit
+        return fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data, loss=loss,
+                   optimizer=optimizer, seed=seed, shuffle=shuffle, verbose=verbose, path=path)
+
+    def evaluate(self, x, y, loss="cross_entropy", batch_size=256, path="auto"):
+        """Inference loss (and accuracy for cross-entropy) -> {"loss": ..., "accuracy": ...}."""
+        from .training import evaluate
+        return evaluate(self, x, y, loss=loss, batch_size=batch_size, path=path)
+
+    def export_encodings(self, path=None, layout="qdrift"):
+        """Every quantization point's parameters as JSON (layout "qdrift" or "aimet")."""
+        from .training import export_encodings
+        return export_encodings(self, path=path, layout=layout)
