@@ -645,7 +645,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, loss="cross_
     loss: "mse" | "cross_entropy" (logits + integer labels) | callable(pred, y) -> (loss, dpred).
     optimizer: SGD / Adam instance or {kind, lr, ...} dict (default Adam(1e-3)).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm   # the text bar: no widget dependency in notebooks
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.asarray(y)
@@ -784,7 +784,9 @@ def export_encodings(model, path=None, layout="qdrift"):
     layout="aimet": AIMET's encodings file: {"version", "activation_encodings", "param_encodings"},
     each tensor a list (one per channel) of {bitwidth, dtype, is_symmetric, max, min, offset,
     scale}, with AIMET's unsigned-code convention real = scale * (q_u + offset), q_u in
-    [0, 2^bits - 1]: offset = qmin - zero_point, min = scale * offset, max = scale * (offset + 2^bits - 1).
+    [0, 2^bits - 1]: offset = lowest full-range code - zero_point (-2^(bits-1) signed, 0 unsigned),
+    min = scale * offset, max = scale * (offset + 2^bits - 1), is_symmetric "True"/"False" (strings,
+    as AIMET writes them).
     """
     if layout not in ("qdrift", "aimet"):
         raise _core.ConfigError(f"export_encodings: layout must be 'qdrift' or 'aimet', got '{layout}'")
@@ -805,7 +807,10 @@ def export_encodings(model, path=None, layout="qdrift"):
         result = {"format_version": 1, "model": model.name, "activations": acts, "params": params}
     else:
         def aimet(e):
-            offset = [e["qmin"] - z for z in e["zero_point"]]
+            # AIMET's offset counts from the full code range's lowest code; a narrow range's
+            # dropped code (-2^(b-1)) stays representable in its min, as AIMET writes it.
+            lowest = -(1 << (e["bits"] - 1)) if e["qmin"] < 0 else 0
+            offset = [lowest - z for z in e["zero_point"]]
             span = (1 << e["bits"]) - 1
             return [dict(bitwidth=e["bits"], dtype="int", is_symmetric=str(e["symmetric"]),
                          max=s * (o + span), min=s * o, offset=int(o), scale=s)
