@@ -42,7 +42,10 @@ BN_MOMENTUM = 0.1   # torch's default; Keras' momentum=0.99 is torch's 0.01
 def mse_loss(pred, target):
     """torch.nn.MSELoss (mean over every element) -> (loss, dloss/dpred)."""
     pred = np.asarray(pred, np.float32)
-    diff = pred.astype(np.float64) - np.asarray(target, np.float64).reshape(pred.shape)
+    target = np.asarray(target, np.float64)
+    if target.size != pred.size:
+        raise _core.ShapeError(f"mse: the target has shape {target.shape} but the prediction {pred.shape}")
+    diff = pred.astype(np.float64) - target.reshape(pred.shape)
     return float(np.mean(diff ** 2)), (2.0 * diff / diff.size).astype(np.float32)
 
 
@@ -548,7 +551,7 @@ def _train_ops(layer):
     raise _core.UnsupportedError(f"training: layer '{layer.name}' ({type(layer).__name__}) has no backward pass")
 
 
-def forward_backward(model, x, y, loss="mse", path="auto"):
+def forward_backward(model, x, y, loss="cross_entropy", path="auto"):
     """One training forward and backward pass -> (loss, output, grads) with grads keyed
     "layer/weight" and "layer/<point>/<param>" for learnable quantizer parameters. Batch-norm
     running statistics and activation observers update as in a training step."""
