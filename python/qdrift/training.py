@@ -790,6 +790,7 @@ def export_encodings(model, path=None, layout="qdrift"):
     [0, 2^bits - 1]: offset = lowest full-range code - zero_point (-2^(bits-1) signed, 0 unsigned),
     min = scale * offset, max = scale * (offset + 2^bits - 1), is_symmetric "True"/"False" (strings,
     as AIMET writes them).
+    Dynamic activation quantizers have no fixed parameters to export (ConfigError).
     """
     if layout not in ("qdrift", "aimet"):
         raise _core.ConfigError(f"export_encodings: layout must be 'qdrift' or 'aimet', got '{layout}'")
