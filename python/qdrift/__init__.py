@@ -36,3 +36,7 @@ __all__ = [
     "fake_quant_lsq_backward", "from_bits", "quantize_multiplier", "requantize", "to_bits",
     "tflite", "__version__", "layers", "metrics", "ops", "Sequential", "QuantConfig", "from_keras", "from_tflite",
 ]
+from . import experiments  # noqa: E402,F401
+from .sweep import sweep  # noqa: E402,F401
+
+__all__ += ["experiments", "sweep"]
