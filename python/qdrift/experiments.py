@@ -29,11 +29,13 @@ def load_text(config):
     return str(config), os.getcwd()
 
 
-def parse(config) -> dict:
+def parse(config, base_dir=None) -> dict:
     """The normalized config (every key present, defaults filled) of a path, JSON text or dict.
-    Unknown keys, wrong types and bad values raise qd.ConfigError naming the JSON pointer."""
-    text, base_dir = load_text(config)
-    return json.loads(_core.parse_experiment(text, base_dir))
+    Unknown keys, wrong types and bad values raise qd.ConfigError naming the JSON pointer.
+    Relative data paths resolve against base_dir (default: the config file's folder, else the
+    current folder)."""
+    text, folder = load_text(config)
+    return json.loads(_core.parse_experiment(text, str(base_dir or folder)))
 
 
 def point_key(normalized_text: str) -> str:
@@ -124,12 +126,12 @@ def make_data(data_cfg: dict, input_shape) -> tuple:
             x = np.load(data_cfg["path"], allow_pickle=False)
         else:
             with np.load(data_cfg["path"], allow_pickle=False) as archive:
-                if data_cfg["key"] not in archive.files:
-                    raise _core.ConfigError(f"/data/key: '{data_cfg['key']}' is not in {data_cfg['path']}; "
-                                            f"it has {archive.files}")
-                x = archive[data_cfg["key"]]
+                names = archive.files
+                x = archive[data_cfg["key"]] if data_cfg["key"] in names else None
     except (OSError, ValueError) as e:
         raise _core.ConfigError(f"/data/path: cannot read {data_cfg['path']} ({e})") from None
+    if x is None:
+        raise _core.ConfigError(f"/data/key: '{data_cfg['key']}' is not in {data_cfg['path']}; it has {names}")
     return _rows(np.asarray(x), data_cfg, shape, "/data/path")
 
 

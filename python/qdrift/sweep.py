@@ -159,6 +159,9 @@ def sweep(config, executor="local", out=None, resume=False, threads=None, schedu
 
 
 def to_frame(records) -> pd.DataFrame:
-    rows = [dict(index=r["index"], key=r["key"], **r["point"], **r["metrics"], curves=r["curves"])
+    # Column order is fixed (pointers sorted, metrics in the config's order) whether a record
+    # was computed now or read back from a results file.
+    rows = [dict(index=r["index"], key=r["key"], **{p: r["point"][p] for p in sorted(r["point"])},
+                 **{m: r["metrics"][m] for m in r["config"]["analysis"]["metrics"]}, curves=r["curves"])
             for r in records]
     return pd.DataFrame(rows)
