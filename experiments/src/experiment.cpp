@@ -60,9 +60,13 @@ constexpr NameTable<QuantPoint, 4> kPoints{{{QuantPoint::kWeights, "weights"},
                                             {QuantPoint::kActivations, "activations"},
                                             {QuantPoint::kBias, "bias"},
                                             {QuantPoint::kState, "state"}}};
-constexpr NameTable<Metric, 3> kMetrics{{{Metric::kSqnrDb, "sqnr_db"},
+constexpr NameTable<Metric, 7> kMetrics{{{Metric::kSqnrDb, "sqnr_db"},
                                          {Metric::kMse, "mse"},
-                                         {Metric::kMaxAbs, "max_abs"}}};
+                                         {Metric::kMaxAbs, "max_abs"},
+                                         {Metric::kRmse, "rmse"},
+                                         {Metric::kMeanAbs, "mean_abs"},
+                                         {Metric::kCosine, "cosine"},
+                                         {Metric::kRelL2, "rel_l2"}}};
 constexpr NameTable<Loss, 2> kLosses{{{Loss::kMse, "mse"}, {Loss::kCrossEntropy, "cross_entropy"}}};
 constexpr NameTable<OptimizerKind, 2> kOptimizers{{{OptimizerKind::kSgd, "sgd"}, {OptimizerKind::kAdam, "adam"}}};
 constexpr NameTable<TrainArm, 2> kArms{{{TrainArm::kPtq, "ptq"}, {TrainArm::kQat, "qat"}}};

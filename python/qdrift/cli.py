@@ -21,10 +21,12 @@ def _run(args):
         print(json.dumps(result, sort_keys=True))
         return
     print(f"{result['config']['name']}  (key {result['key']})")
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"   # noqa: E731  (None: an exact match's infinite SQNR)
     for name, value in result["metrics"].items():
-        print(f"  output {name:<8} {value:.6g}")
-    for row in result["curves"].get("layers", []):
-        print(f"  {row['layer']:<24} " + "  ".join(f"{k} {row[k]:.4g}" for k in ("sqnr_db", "mse", "max_abs")))
+        print(f"  output {name:<8} {fmt(value)}")
+    for row in result["curves"]["layers"]:
+        print(f"  {row['layer']:<24} {row['mode']:<12} " +
+              "  ".join(f"{k} {fmt(row[k])}" for k in ("sqnr_db", "mse", "max_abs")))
 
 
 def _sweep(args):

@@ -9,7 +9,7 @@ import pathlib
 
 import numpy as np
 
-from . import _core, layers, metrics
+from . import _core, layers
 from .model import QuantConfig, Sequential
 
 EVAL_STREAM, CALIBRATION_STREAM, SHUFFLE_STREAM = 0, 1, 2   # data RNG streams: default_rng([seed, stream])
@@ -142,31 +142,43 @@ def quant_config(quant_cfg: dict) -> QuantConfig:
                        fold_batch_norm=quant_cfg["fold_batch_norm"])
 
 
+class _OnKernels:
+    """A converted TFLite model run on one LiteRT kernel path, in the run(x, taps) form qd.compare takes."""
+
+    def __init__(self, tflite_model, kernels):
+        self.tflite_model, self.kernels = tflite_model, kernels
+
+    def run(self, x, taps=False):
+        return self.tflite_model.run(x, kernels=self.kernels, taps=taps)
+
+
 def candidate(model: Sequential, quant_cfg: dict, x_cal):
-    """A callable x -> quantized output for the config's profile."""
+    """The quantized model for the config's profile: a fake-quantized qd.Sequential, or the TFLite
+    converter's model (qd.convert) on the chosen kernel path."""
     if quant_cfg["profile"] == "fake":
         return model.quantize(quant_config(quant_cfg), calibration=x_cal)
-    from . import convert   # the TFLite converter emulation (qd.convert)
-    tm = convert(model, profile=quant_cfg["profile"], calibration=x_cal)
-    return lambda x: tm.run(x, kernels=quant_cfg["kernels"])
+    from . import convert   # the TFLite converter emulation
+    return _OnKernels(convert(model, profile=quant_cfg["profile"], calibration=x_cal), quant_cfg["kernels"])
 
 
 # ---- one point ----------------------------------------------------------------------------------
-METRICS = {"sqnr_db": metrics.sqnr_db, "mse": metrics.mse, "max_abs": metrics.max_abs}
-
-
 def run_normalized(cfg: dict) -> dict:
-    """Run one normalized point config: {"metrics": output metrics, "curves": per-layer errors}."""
+    """Run one normalized point config: {"metrics": the output's metrics, "curves": qd.compare's
+    report as plain records (per layer, per RNN step, growth fits, ...)}."""
+    from .analysis import compare
     if "train" in cfg:
         raise _core.UnsupportedError("/train: the PTQ-vs-QAT training arms are not in this build; the section "
                                      "is validated only")
     model = build_model(cfg["model"], cfg["seed"])
     x, x_cal = make_data(cfg["data"], model.input_shape)
     cand = candidate(model, cfg["quant"], x_cal)
-    ref_y, cand_y = model(x), np.asarray(cand(x))
-    result = {"metrics": {name: METRICS[name](ref_y, cand_y) for name in cfg["analysis"]["metrics"]}}
-    result["curves"] = {"layers": metrics.layer_errors(model, cand, x)} if cfg["quant"]["profile"] == "fake" else {}
-    return result
+    a = cfg["analysis"]
+    fake = cfg["quant"]["profile"] == "fake"
+    report = compare(model, cand, x, isolated=a["isolated"] and fake, attribution=a["attribution"],
+                     predict=a["predict"], per_timestep=a["per_timestep"]).to_dict()
+    report.pop("meta", None)   # describes the run (batch, candidate type), already in the config
+    output = next(r for r in report["layers"] if r["layer"] == report["output"] and r["mode"] == "accumulated")
+    return {"metrics": {m: output[m] for m in a["metrics"]}, "curves": report}
 
 
 def run_point_text(normalized_text: str) -> dict:

@@ -11,6 +11,7 @@ void bind_quantizers(py::module_& m);
 void bind_tflite(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_integer(py::module_& m);
+void bind_analysis(py::module_& m);
 void bind_experiments(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
@@ -22,6 +23,7 @@ PYBIND11_MODULE(_core, m) {
   bind_tflite(m);
   bind_ops(m);
   bind_integer(m);
+  bind_analysis(m);
   bind_experiments(m);
   m.attr("__version__") = QDRIFT_VERSION_STRING;
 }

@@ -90,7 +90,8 @@ struct QuantConfig {
   Kernels kernels = Kernels::kReference;
 };
 
-enum class Metric : std::uint8_t { kSqnrDb, kMse, kMaxAbs };
+// qd.compare's metrics (python/qdrift/analysis.py METRICS).
+enum class Metric : std::uint8_t { kSqnrDb, kMse, kMaxAbs, kRmse, kMeanAbs, kCosine, kRelL2 };
 
 struct AnalysisConfig {
   std::vector<Metric> metrics{Metric::kSqnrDb, Metric::kMse, Metric::kMaxAbs};
