@@ -445,7 +445,7 @@ void set_pointer(Json& root, const std::string& pointer, const Json& value, cons
 Json parse_text(std::string_view text) {
   try {
     return Json::parse(text.begin(), text.end());
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {   // parse_error, and out_of_range for a number like 1e999
     throw ConfigError(std::string("/: invalid JSON: ") + e.what());
   }
 }

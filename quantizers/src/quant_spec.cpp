@@ -111,7 +111,7 @@ QuantSpec parse_quant_spec(std::string_view json, std::string_view pointer) {
   Json j;
   try {
     j = Json::parse(json.begin(), json.end());
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {   // parse_error, and out_of_range for a number like 1e999
     throw ConfigError(std::string(pointer.empty() ? "/" : pointer) + ": invalid JSON: " + e.what());
   }
   QuantSpec s;

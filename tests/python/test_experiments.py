@@ -132,6 +132,11 @@ def test_malformed_config_names_the_pointer(config, pointer):
 def test_invalid_json_and_combination_errors():
     with pytest.raises(qd.ConfigError, match=r"^/: invalid JSON"):
         experiments.parse('{"model": ')
+    for text in ('{"seed": 1e999}', '22e2222'):   # nlohmann's out_of_range, found by the fuzzer
+        with pytest.raises(qd.ConfigError, match=r"^/: invalid JSON"):
+            experiments.parse(text)
+    with pytest.raises(qd.ConfigError, match=r"^/: invalid JSON"):
+        qd._core.Quantizer('{"bits": 1e999}')
     # Each value is valid alone; only the point (entropy, 16 bits) needs more bins than 2048.
     config = with_("/sweep", {"/quant/activations/observer": ["minmax", "entropy"], "/quant/activations/bits": [8, 16]})
     experiments.parse(config)
