@@ -38,6 +38,7 @@ test-deps: deps
 	  pandas tqdm "dask[distributed]" scikit-learn jsonschema
 
 demo: install
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib   # the demo's plot
 	$(PY) -m qdrift.demo
 
 test: install test-deps test-cpp test-python test-notebooks

@@ -106,8 +106,8 @@ def _run_dask(points, scheduler):
     client = Client(scheduler, processes=False) if scheduler is None else \
         (Client(scheduler) if owns else scheduler)
     try:
-        futures = {client.submit(run_point_text, p.normalized, key=f"qdrift-point-{p.key}", pure=False): p
-                   for p in points}
+        # pure=False: fresh task keys, so a rerun computes again instead of reusing a cached result.
+        futures = {client.submit(run_point_text, p.normalized, pure=False): p for p in points}
         for future in dask_completed(list(futures)):
             yield futures[future], future.result()
     finally:
