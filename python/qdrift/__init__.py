@@ -29,10 +29,12 @@ from .keras_import import from_keras
 from .model import QuantConfig, Sequential
 from .quantizer import Quantizer
 from .tflite_model import from_tflite
+from .convert import convert
 
 __all__ = [
     "ConfigError", "DataError", "DTypeError", "Error", "ShapeError", "UnsupportedError",
     "QuantParams", "Quantizer", "cast", "fake_quant", "fake_quant_backward",
     "fake_quant_lsq_backward", "from_bits", "quantize_multiplier", "requantize", "to_bits",
     "tflite", "__version__", "layers", "metrics", "ops", "Sequential", "QuantConfig", "from_keras", "from_tflite",
+    "convert",
 ]
