@@ -302,6 +302,34 @@ def _fixed_output(profile, op):
     return (1.0 / 128, 0) if op == "TANH" else (1.0 / 256, -128)
 
 
+_BIAS_MAX = (2 ** 31 - 1) // 2
+
+
+def _bias_fits(bias, input_scale, weight_scales):
+    """QuantizationDriver::SetBiasParamsWithAdjustments (MLIR, int8): a channel whose bias would
+    exceed INT32_MAX / 2 in units of s_in * s_w gets the weight scale |b| / (INT32_MAX / 2) / s_in
+    (double arithmetic, stored as float32). None when no channel needs it."""
+    s_in = float(f32(input_scale))
+    bias_scale = (np.float64(s_in) * weight_scales.astype(np.float64)).astype(f32).astype(np.float64)
+    abs_b = np.abs(bias.astype(f32)).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        over = abs_b / bias_scale > _BIAS_MAX
+    if not over.any():
+        return None
+    new = weight_scales.astype(np.float64).copy()
+    new[over] = (abs_b[over] / _BIAS_MAX) / s_in
+    return new.astype(f32)
+
+
+def _quantize_with_scales(w, axis, scales):
+    """Per-channel symmetric int8 codes for given scales: RHA(f32(w * f32(1 / scale))), clamped."""
+    from .tflite_kernels import round_half_away
+    inv = (1.0 / scales.astype(np.float64)).astype(f32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return np.clip(round_half_away((w * inv.reshape(shape)).astype(f32)), -127, 127).astype(np.int8)
+
+
 def _full_integer(g, profile, ranges, inference_io):
     b = _Builder()
     act_dtype = np.int16 if profile == "tflite_int16x8" else np.int8
@@ -347,6 +375,13 @@ def _full_integer(g, profile, ranges, inference_io):
                                           np.zeros(ws.size, np.int64), wq)
             w_id = constants[key]
             in_ids.append(w_id)
+            if n.bias is not None and profile == "tflite_int8":
+                adjusted = _bias_fits(n.bias, s_in, b.tensors[w_id].scale)
+                if adjusted is not None:   # a per-op copy of the weights with enlarged scales
+                    wq = _quantize_with_scales(n.weights, _WEIGHT_AXIS[n.op], adjusted)
+                    w_id = b.tensor(f"{n.outputs[0]}/weights", np.int8, n.weights.shape, adjusted,
+                                    np.zeros(adjusted.size, np.int64), wq)
+                    in_ids[-1] = w_id
             if n.bias is not None:
                 ws = b.tensors[w_id].scale
                 if profile == "tflite_int16x8":
