@@ -10,7 +10,8 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     (not supported here: UnsupportedError).
   - relu / relu6 (the layer's activation, or a ReLU/Activation layer right after a Dense/Conv
     without activation) fuse into the op; tanh / sigmoid stay separate TANH / LOGISTIC ops.
-  - An all-zero bias is dropped (the op gets no bias input).
+  - FULLY_CONNECTED gets no bias input when the bias is absent or all zero; CONV_2D and
+    DEPTHWISE_CONV_2D always get one (zeros when the layer has none).
   - Flatten / Reshape become RESHAPE (the converter computes the shape with SHAPE, STRIDED_SLICE
     and PACK ops for a dynamic batch; those are left out: they do not touch the data).
   - SimpleRNN (tanh, batch size 1, last output) is unrolled: RESHAPE (T, 1, F), UNPACK, then per
@@ -168,7 +169,10 @@ def _lower(model):
                     "converter moves that bias into this layer's bias (b2 + W2 b1) with float arithmetic qdrift does "
                     "not reproduce bit for bit")
             out = name if act == layer.activation else f"{name}/linear"
-            g.add(_Node(op, [x], [out], w, _bias_or_none(layer.weights.get("bias")), options, k, layer),
+            bias = _bias_or_none(layer.weights.get("bias"))
+            if bias is None and op != "FULLY_CONNECTED":   # convolutions always get one (zeros)
+                bias = np.zeros(w.shape[0] if op == "CONV_2D" else w.shape[3], f32)
+            g.add(_Node(op, [x], [out], w, bias, options, k, layer),
                   [(1,) + layer.output_shape])
             if act != layer.activation:
                 _add_activation(g, layer.activation, out, name)
@@ -268,6 +272,12 @@ def calibrate(g, calibration, batch_size=256):
             lo, hi = f32(v.min()), f32(v.max())
             old = ranges.get(name)
             ranges[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    # The calibrator logs an op's inputs after the op ran; LiteRT runs ADD in place (its output
+    # overwrites input 0), so input 0's logged range also covers ADD's output.
+    for n in g.nodes:
+        if n.op == "ADD":
+            a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
+            ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
     return ranges
 
 

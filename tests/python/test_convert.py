@@ -98,8 +98,8 @@ def test_every_intermediate_tensor_equals_litert_reference(rng):
 def test_canonical_examples_int8(rng):
     """DESIGN.md §6: Dense(1) kernel 1.5 on 2.0, the all-ones 3x3 conv on ones, the all-ones
     SimpleRNN(4) on 5 steps of ones; converted with a representative dataset of random inputs
-    and, separately, of the example input itself (whose calibration qdrift reproduces exactly:
-    these sums are exact in float32)."""
+    and, separately, of the example input itself (whose calibration qdrift reproduces exactly for
+    the dense and conv examples: these sums are exact in float32)."""
     dense = keras.Sequential([keras.Input((1,)), L.Dense(1, use_bias=False)])
     dense.set_weights([np.array([[1.5]], np.float32)])
     conv = keras.Sequential([keras.Input((5, 5, 1)), L.Conv2D(1, 3, use_bias=False)])
@@ -112,14 +112,16 @@ def test_canonical_examples_int8(rng):
             flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal)
             by_qdrift = qd.convert(km, "tflite_int8", calibration=cal)
             theirs = qd.from_tflite(flatbuffer)
-            compare_models(qd.convert(km, "tflite_int8", ranges=calibrated_ranges(calibrated, by_qdrift)), theirs,
-                           km.name)
-            if cal is x:
-                compare_models(by_qdrift, theirs, km.name)   # qdrift's own calibration, exactly
+            exact = qd.convert(km, "tflite_int8", ranges=calibrated_ranges(calibrated, by_qdrift))
+            compare_models(exact, theirs, km.name)
+            if cal is x and km is not rnn:
+                # qdrift's own calibration, exactly (the RNN's differs: TFLite's float TANH is not
+                # std::tanh; tanh(4.0463767) comes out 0.9993886 there, 0.9993887 here)
+                compare_models(by_qdrift, theirs, km.name)
             for kernels in RESOLVERS:
                 _, expected = run_litert(flatbuffer, kernels, x)
-                assert np.array_equal(by_qdrift.run(x, kernels=kernels), expected) or cal is not x, kernels
-    # The dense example calibrated on its own input: 3.0 comes back exactly? Record what it is.
+                assert np.array_equal(exact.run(x, kernels=kernels), expected), kernels
+    # The dense example calibrated on its own input gives 3.0 within one output step (3/255).
     tm = qd.convert(dense, "tflite_int8", calibration=np.array([[2.0]], np.float32))
     y = tm.run(np.array([[2.0]], np.float32), kernels="reference")
     assert y.shape == (1, 1) and abs(float(y[0, 0]) - 3.0) < 0.02, y   # one output step is 3/255
