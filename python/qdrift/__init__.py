@@ -31,6 +31,7 @@ from .quantizer import Quantizer
 from .tflite_model import from_tflite
 from . import analysis  # noqa: E402
 from .analysis import compare  # noqa: E402
+from .convert import convert
 
 __all__ = [
     "ConfigError", "DataError", "DTypeError", "Error", "ShapeError", "UnsupportedError",
@@ -38,6 +39,7 @@ __all__ = [
     "fake_quant_lsq_backward", "from_bits", "quantize_multiplier", "requantize", "to_bits",
     "tflite", "__version__", "layers", "metrics", "ops", "Sequential", "QuantConfig", "from_keras", "from_tflite",
     "analysis", "compare",
+    "convert",
 ]
 from . import experiments  # noqa: E402,F401
 from .sweep import sweep  # noqa: E402,F401

@@ -157,7 +157,7 @@ def candidate(model: Sequential, quant_cfg: dict, x_cal):
     converter's model (qd.convert) on the chosen kernel path."""
     if quant_cfg["profile"] == "fake":
         return model.quantize(quant_config(quant_cfg), calibration=x_cal)
-    from . import convert   # the TFLite converter emulation
+    from .convert import convert   # the TFLite converter emulation
     return _OnKernels(convert(model, profile=quant_cfg["profile"], calibration=x_cal), quant_cfg["kernels"])
 
 

@@ -386,3 +386,22 @@ def test_cli_validate_and_run(tmp_path):
     assert proc.communicate(timeout=60)[0].decode().strip().endswith("valid ('tiny', 12 points)")
     proc = _cli("run", str(good), "--json", stdout=subprocess.PIPE)
     assert json.loads(proc.communicate(timeout=60)[0])["metrics"] == experiments.run(GRID)["metrics"]
+
+
+@pytest.mark.parametrize("name", ["dense", "conv", "rnn"])
+def test_canonical_tflite_points_are_qd_convert_on_each_kernel_path(name):
+    path = ROOT / "configs" / f"tflite_canonical_{name}.json"
+    df = qd.sweep(path, progress=False)
+    c = experiments.parse(path)
+    model = experiments.build_model(c["model"], c["seed"])
+    x, x_cal = experiments.make_data(c["data"], model.input_shape)
+    y = np.float64(model(x))
+    tm = qd.convert(model, profile="tflite_int8", calibration=x_cal)
+    for _, row in df.iterrows():
+        if row["/quant"]["profile"] != "tflite_int8":
+            continue
+        err = np.float64(tm.run(x, kernels=row["/quant"]["kernels"])) - y
+        # rtol: the C++ metric kernels sum in another order than NumPy (exact for these 1..36 elements
+        # in practice; the bound is what the summation order allows).
+        assert np.isclose(row["mse"], np.mean(err ** 2), rtol=1e-12, atol=0), (name, row["/quant"])
+        assert row["max_abs"] == np.max(np.abs(err)), (name, row["/quant"])
