@@ -93,11 +93,22 @@ def _record(point, result):
                 **result)
 
 
+def _result(point, future):
+    """A finished point's result; a qdrift error names the point it came from."""
+    try:
+        return future.result()
+    except _core.Error as e:
+        raise type(e)(f"{e} (sweep point {point.index}: {json.dumps(point.overrides)})") from e
+
+
 def _run_local(points, threads):
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
         futures = {pool.submit(run_point_text, p.normalized): p for p in points}
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            yield futures[future], _result(futures[future], future)
+    finally:   # a failed point (or an interrupt) cancels the points not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_dask(points, scheduler):
@@ -105,12 +116,14 @@ def _run_dask(points, scheduler):
     owns = not isinstance(scheduler, Client)
     client = Client(scheduler, processes=False) if scheduler is None else \
         (Client(scheduler) if owns else scheduler)
+    futures = {}
     try:
         # pure=False: fresh task keys, so a rerun computes again instead of reusing a cached result.
         futures = {client.submit(run_point_text, p.normalized, pure=False): p for p in points}
         for future in dask_completed(list(futures)):
-            yield futures[future], future.result()
+            yield futures[future], _result(futures[future], future)
     finally:
+        client.cancel(list(futures))
         if owns:
             client.close()
 

@@ -342,6 +342,13 @@ def test_resume_skips_finished_points_and_cuts_a_torn_line(tmp_path):
         qd.sweep(GRID, out=out, resume=True, progress=False)
 
 
+def test_a_failing_point_stops_the_sweep_and_names_itself(tmp_path):
+    config = with_("/sweep", {"/seed": list(range(6))}, with_("/train", {}))
+    with pytest.raises(qd.UnsupportedError, match=r"^/train: .*\(sweep point \d: \{\"/seed\": \d\}\)"):
+        qd.sweep(config, out=tmp_path, threads=2, progress=False)
+    assert (tmp_path / "tiny.jsonl").read_text() == ""
+
+
 def _cli(*args, **kw):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     return subprocess.Popen([sys.executable, "-m", "qdrift", *args], env=env, **kw)
