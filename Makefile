@@ -12,7 +12,7 @@ APT_PKGS := g++ libeigen3-dev xtensor-dev nlohmann-json3-dev doctest-dev
 BUILD_TOOLS := "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
 JOBS   ?= 2
 
-.PHONY: help deps install test-deps test test-cpp test-python test-notebooks test-sanitizers demo bench clean
+.PHONY: help deps install test-deps test test-cpp test-python test-notebooks test-sanitizers demo bench clean fuzz
 
 help:
 	@echo "make demo   - install what is missing, then run the default experiment"
@@ -38,6 +38,7 @@ test-deps: deps
 	  pandas tqdm "dask[distributed]" scikit-learn jsonschema
 
 demo: install
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib   # the demo's plot
 	$(PY) -m qdrift.demo
 
 test: install test-deps test-cpp test-python test-notebooks
@@ -59,6 +60,19 @@ test-sanitizers: deps
 	  -DQDRIFT_SANITIZE=address,undefined
 	$(CMAKE) --build build/asan -j $(JOBS)
 	$(VENV)/bin/ctest --test-dir build/asan --output-on-failure -j $(JOBS)
+
+# libFuzzer (clang, ASan + UBSan) over the experiment config reader for a fixed budget, seeded
+# with configs/ (run by .ci/run).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v clang++ >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq clang; }
+	$(CMAKE) -S . -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DQDRIFT_BUILD_FUZZ=ON -DQDRIFT_BUILD_TESTS=OFF -DQDRIFT_SANITIZE=address,undefined
+	$(CMAKE) --build build/fuzz -j $(JOBS) --target fuzz_experiment
+	mkdir -p build/fuzz/corpus && cp configs/*.json configs/quantizers/*.json build/fuzz/corpus/
+	build/fuzz/tests/fuzz/fuzz_experiment -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	  -print_final_stats=1 -artifact_prefix=build/fuzz/ build/fuzz/corpus
 
 bench: install test-deps
 	$(PY) bench/run.py

@@ -291,6 +291,13 @@ class SimpleRNN(Layer):
             states[:, step] = h
         return states
 
+    def step(self, x_t, h, w, path="auto"):
+        """One step before state quantization: act(x_t @ kernel + bias + h @ recurrent_kernel) with
+        the weights w (e.g. quantized_weights(q)); the same arithmetic as the quantized run."""
+        z = _core.dense(np.ascontiguousarray(x_t), w["kernel"], w.get("bias"), path=path, name=self.name)
+        return _core.activation(z + _core.dense(np.ascontiguousarray(h), w["recurrent_kernel"], path=path,
+                                                name=self.name), self.activation)
+
 
 class BatchNormalization(Layer):
     kind = "batch_normalization"

@@ -269,6 +269,44 @@ class Sequential:
         for q in needs:
             q.freeze()
 
+    # ---- quantizer selection (analysis: attribution, isolated and local error) ------------------
+    def quantizer_names(self):
+        """Every active quantizer, in running order: "input", "<layer>/weights/<weight>",
+        "<layer>/bias", "<layer>/state", "<layer>/output"."""
+        names = ["input"] if self.input_quantizer is not None else []
+        for layer in self.layers:
+            q = self.quant.get(layer.name)
+            if q is None:
+                continue
+            names += [f"{layer.name}/weights/{k}" for k in q.weights]
+            names += [f"{layer.name}/{p}" for p in ("bias", "state", "output") if getattr(q, p) is not None]
+        return names
+
+    def with_quantizers(self, keep):
+        """A copy sharing this model's layers and (calibrated) quantizers in which only the
+        quantizers named in `keep` (see quantizer_names) are active; the rest run in float."""
+        keep = set(keep)
+        unknown = keep - set(self.quantizer_names())
+        if unknown:
+            raise _core.ConfigError(f"with_quantizers: no quantizer named {sorted(unknown)}; "
+                                    f"this model has {self.quantizer_names()}")
+        m = copy.copy(self)
+        m.input_quantizer = self.input_quantizer if "input" in keep else None
+        m.quant = {}
+        for name, q in self.quant.items():
+            m.quant[name] = LayerQuant(
+                input=q.input, weights={k: v for k, v in q.weights.items() if f"{name}/weights/{k}" in keep},
+                **{p: getattr(q, p) if f"{name}/{p}" in keep else None for p in ("bias", "state", "output")})
+        return m
+
+    def run_layer(self, name, x, taps=None, path="auto"):
+        """One layer with its quantizers (weights, bias, state, output) on the input x, as the
+        full run computes it; `taps` (a dict) receives the layer's extra taps (RNN states)."""
+        layer = self.layer(name)
+        q = self.quant.get(name)
+        y = layer.forward(np.ascontiguousarray(x, dtype=np.float32), q=q, path=path, taps=taps)
+        return _fq(q.output if q else None, y)
+
     def _fold_batch_norms(self):
         kept = []
         for layer in self.layers:

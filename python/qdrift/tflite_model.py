@@ -91,7 +91,9 @@ class TFLiteModel:
         t = self.tensors[self.inputs[0]]
         return dict(shape=t.shape, dtype=t.dtype, scale=t.scale, zero_point=t.zero_point)
 
-    def run(self, x, kernels="reference"):
+    def run(self, x, kernels="reference", taps=False):
+        """The model's output for x; with taps=True, (output, {tensor name: value}) for every
+        tensor computed on the way (as LiteRT's experimental_preserve_all_tensors shows them)."""
         if kernels not in KERNEL_PATHS:
             raise _core.ConfigError(f"run: unknown kernels '{kernels}'; expected one of {', '.join(KERNEL_PATHS)}")
         first = self.tensors[self.inputs[0]]
@@ -109,6 +111,8 @@ class TFLiteModel:
                     values[out] = np.ascontiguousarray(np.take(x, k, axis=op.options["axis"]))
             elif op.name not in SHAPE_OPS:
                 values[op.outputs[0]] = self._run_op(op, values, kernels)
+        if taps:
+            return values[self.outputs[0]], {self.tensors[i].name: v for i, v in values.items()}
         return values[self.outputs[0]]
 
     def _run_op(self, op, values, kernels):
@@ -117,7 +121,7 @@ class TFLiteModel:
         if op.name == "QUANTIZE":
             return _quantize(x, float(t_out.scale[0]), int(t_out.zero_point[0]), kernels)
         if op.name == "DEQUANTIZE":
-            return ((x.astype(np.int32) - int(t_in.zero_point[0])).astype(np.float32) * f32(t_in.scale[0])).astype(np.float32)
+            return _dequantize(x, float(t_in.scale[0]), int(t_in.zero_point[0]), kernels)
         if op.name == "RESHAPE":
             # The file's static shape, unless the batch changed at run time (then keep the batch).
             shape = t_out.shape if int(np.prod(t_out.shape)) == x.size else (x.shape[0],) + tuple(t_out.shape[1:])
@@ -170,6 +174,19 @@ def _quantize(x, scale, zero_point, kernels):
         v = (x / f32(scale)).astype(np.float32)
         q = round_half_away(v)
     return np.clip(q + zero_point, -128, 127).astype(np.int8)
+
+
+def _dequantize(x, scale, zero_point, kernels):
+    """int -> float32 as each path's DEQUANTIZE computes it. The builtin x86 kernel (NEON code
+    through NEON_2_SSE) does blocks of 8 as f32(q * s) + f32(-zp * (double)s) and the tail as
+    f32((q - zp) * s); the reference kernel and XNNPACK compute f32((q - zp) * s) everywhere."""
+    q = np.asarray(x).astype(np.int32)
+    y = ((q - zero_point).astype(np.float32) * f32(scale)).astype(np.float32)
+    if kernels == "builtin":
+        flat, head = y.reshape(-1), q.size // 8 * 8
+        offset = f32(-zero_point * float(f32(scale)))
+        flat[:head] = (q.reshape(-1)[:head].astype(np.float32) * f32(scale)).astype(np.float32) + offset
+    return y
 
 
 def _check_shape_chains(ops):

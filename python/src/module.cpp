@@ -12,6 +12,8 @@ void bind_tflite(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_integer(py::module_& m);
 void bind_backward(py::module_& m);
+void bind_analysis(py::module_& m);
+void bind_experiments(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "qdrift C++ core (private). Import `qdrift`, not `qdrift._core`.";
@@ -23,5 +25,7 @@ PYBIND11_MODULE(_core, m) {
   bind_ops(m);
   bind_integer(m);
   bind_backward(m);
+  bind_analysis(m);
+  bind_experiments(m);
   m.attr("__version__") = QDRIFT_VERSION_STRING;
 }

@@ -10,17 +10,17 @@
 #include <string>
 #include <utility>
 
-#include <nlohmann/json.hpp>
-
 #include "qdrift/core/check.h"
+#include "qdrift/core/json_reader.h"
 
 namespace qdrift {
 namespace {
 
-using Json = nlohmann::json;
-
-template <class E, std::size_t N>
-using NameTable = std::array<std::pair<E, std::string_view>, N>;
+using json::Json;
+using json::NameTable;
+using json::ObjectReader;
+using json::expected_names;
+using json::name_of;
 
 constexpr NameTable<Format, 5> kFormats{{{Format::kInt, "int"},
                                          {Format::kFp16, "fp16"},
@@ -44,99 +44,6 @@ constexpr NameTable<Rounding, 5> kRoundings{{{Rounding::kHalfEven, "half_even"},
                                              {Rounding::kStochastic, "stochastic"}}};
 constexpr NameTable<ParamFormula, 2> kFormulas{{{ParamFormula::kTorch, "torch"},
                                                 {ParamFormula::kTflite, "tflite"}}};
-
-template <class E, std::size_t N>
-std::string_view name_of(const NameTable<E, N>& table, E value) {
-  for (const auto& [v, n] : table)
-    if (v == value) return n;
-  return "?";
-}
-
-template <class E, std::size_t N>
-std::string expected_names(const NameTable<E, N>& table) {
-  std::string s;
-  for (const auto& [v, n] : table) s += (s.empty() ? "" : ", ") + std::string(n);
-  return s;
-}
-
-std::string type_name(const Json& j) { return j.type_name(); }
-
-// Reads one JSON object field by field; finish() rejects every key that was not read.
-class ObjectReader {
- public:
-  ObjectReader(const Json& j, std::string pointer) : j_(j), pointer_(std::move(pointer)) {
-    QDRIFT_CHECK(j.is_object(), ConfigError, where(""), ": expected an object, got ", type_name(j));
-  }
-
-  void read(const char* key, bool* out) {
-    if (const Json* v = take(key)) {
-      QDRIFT_CHECK(v->is_boolean(), ConfigError, where(key), ": expected a boolean, got ", type_name(*v));
-      *out = v->get<bool>();
-    }
-  }
-  template <class Int, std::enable_if_t<std::is_integral_v<Int>, int> = 0>
-  void read(const char* key, Int* out) {
-    if (const Json* v = take(key)) {
-      QDRIFT_CHECK(v->is_number_integer(), ConfigError, where(key), ": expected an integer, got ",
-                   type_name(*v), " ", v->dump());
-      if constexpr (std::is_unsigned_v<Int>) {
-        QDRIFT_CHECK(v->is_number_unsigned(), ConfigError, where(key),
-                     ": expected a non-negative integer, got ", v->dump());
-        *out = v->get<Int>();
-      } else {
-        const auto value = v->get<std::int64_t>();
-        QDRIFT_CHECK(value >= std::numeric_limits<Int>::min() && value <= std::numeric_limits<Int>::max(),
-                     ConfigError, where(key), ": ", value, " is out of range");
-        *out = static_cast<Int>(value);
-      }
-    }
-  }
-  void read(const char* key, double* out) {
-    if (const Json* v = take(key)) {
-      QDRIFT_CHECK(v->is_number(), ConfigError, where(key), ": expected a number, got ", type_name(*v));
-      *out = v->get<double>();
-    }
-  }
-  template <class E, std::size_t N>
-  void read_enum(const char* key, const NameTable<E, N>& table, E* out) {
-    if (const Json* v = take(key)) {
-      QDRIFT_CHECK(v->is_string(), ConfigError, where(key), ": expected a string (one of ",
-                   expected_names(table), "), got ", type_name(*v));
-      const auto s = v->get<std::string>();
-      for (const auto& [value, name] : table) {
-        if (name == s) {
-          *out = value;
-          return;
-        }
-      }
-      throw ConfigError(where(key) + ": unknown value '" + s + "'; expected one of " +
-                        expected_names(table));
-    }
-  }
-
-  void finish() const {
-    for (auto it = j_.begin(); it != j_.end(); ++it) {
-      bool known = false;
-      for (const auto& k : read_) known = known || k == it.key();
-      QDRIFT_CHECK(known, ConfigError, where(it.key()), ": unknown key '", it.key(), "'");
-    }
-  }
-
-  std::string where(const std::string& key) const {
-    return (pointer_.empty() && key.empty()) ? std::string("/") : pointer_ + (key.empty() ? "" : "/" + key);
-  }
-
- private:
-  const Json* take(const char* key) {
-    read_.emplace_back(key);
-    auto it = j_.find(key);
-    return it == j_.end() ? nullptr : &*it;
-  }
-
-  const Json& j_;
-  std::string pointer_;
-  std::vector<std::string> read_;
-};
 
 }  // namespace
 
@@ -204,7 +111,7 @@ QuantSpec parse_quant_spec(std::string_view json, std::string_view pointer) {
   Json j;
   try {
     j = Json::parse(json.begin(), json.end());
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {   // parse_error, and out_of_range for a number like 1e999
     throw ConfigError(std::string(pointer.empty() ? "/" : pointer) + ": invalid JSON: " + e.what());
   }
   QuantSpec s;

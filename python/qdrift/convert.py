@@ -1,0 +1,462 @@
+"""qd.convert: emulate the TFLite converter on a qd.Sequential (or Keras model) and return the
+TFLiteModel the converter would write: same op sequence, tensor types, shapes, scales, zero points
+and constant data, so `tm.run(x, kernels=...)` is the file's arithmetic on each LiteRT path.
+
+The converter's rules reproduced here were found by converting Keras models with TF 2.21 and
+reading the files (tests/python/test_convert.py checks every one against the real converter):
+  - BatchNormalization right after a Dense/Conv2D/DepthwiseConv2D without activation is folded
+    into its constants in float32 with TF's Rsqrt kernel: m = rsqrt(var + eps) * gamma,
+    W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL + ADD
+    (not supported here: UnsupportedError).
+  - relu / relu6 (the layer's activation, or a ReLU/Activation layer right after a Dense/Conv
+    without activation) fuse into the op; tanh / sigmoid stay separate TANH / LOGISTIC ops.
+  - FULLY_CONNECTED gets no bias input when the bias is absent or all zero; CONV_2D and
+    DEPTHWISE_CONV_2D always get one (zeros when the layer has none).
+  - Flatten / Reshape become RESHAPE (the converter computes the shape with SHAPE, STRIDED_SLICE
+    and PACK ops for a dynamic batch; those are left out: they do not touch the data).
+  - SimpleRNN (tanh, batch size 1, last output) is unrolled: RESHAPE (T, 1, F), UNPACK, then per
+    step FC(h, U) [from step 1], FC(x_t, W, b), ADD(input part, recurrent part), TANH. The real
+    converter segfaults on the non-unrolled (WHILE) int8 form, so a Keras SimpleRNN needs
+    unroll=True.
+Calibration runs the float graph with qdrift's float ops and keeps each tensor's global
+min/max. The converter's calibrator runs TensorFlow's builtin optimized float kernels instead,
+whose accumulation order differs in the last bits, so a scale computed from qdrift's min/max can
+differ from the file's by an ulp or more; pass `ranges` (the calibrator's min/max, e.g. read
+from a calibrate-only conversion) to reproduce the file exactly."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core, tflite
+from . import layers as L
+from .tflite_model import Op, Tensor, TFLiteModel
+
+PROFILES = ("tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16")
+f32 = np.float32
+_FUSED = {"linear": 0, "relu": 1, "relu6": 3}
+# Ops whose output has the input's quantization (the converter forces it).
+_SAME_PARAMS = ("RESHAPE", "UNPACK")
+# Dynamic range: constants with fewer elements stay float (minimum_elements_for_weights).
+DYNAMIC_MIN_ELEMENTS = 1024
+
+
+def _rsqrt(v):
+    """TF's Rsqrt kernel, which constant-folds BatchNormalization in the converter. Its
+    vectorized blocks use an approximation refined by Newton steps whose bits qdrift does not
+    reproduce (1/sqrt differs in the last bit for about 1 value in 3); when TensorFlow is
+    importable its kernel is used."""
+    try:
+        import tensorflow as tf
+    except ImportError:   # pragma: no cover (TensorFlow is what the converter runs on)
+        return (f32(1) / np.sqrt(v)).astype(f32)
+    return np.asarray(tf.math.rsqrt(v), f32)
+
+
+class _Node:
+    """One op of the converter's float graph, with its constants in TFLite layout."""
+
+    def __init__(self, op, inputs, outputs, weights=None, bias=None, options=None, kernel=None, geometry=None):
+        self.op, self.inputs, self.outputs = op, list(inputs), list(outputs)
+        self.weights, self.bias = weights, bias            # TFLite layout (FC (O, I), CONV OHWI, DW 1HW(CM))
+        self.options = dict(options or {})
+        self.kernel, self.geometry = kernel, geometry      # Keras-layout kernel for the float run
+
+
+class _FloatGraph:
+    def __init__(self, input_shape):
+        self.nodes, self.shapes = [], {"input": (1,) + tuple(input_shape)}   # batch 1, as the file
+        self.last = "input"
+
+    def add(self, node, shapes):
+        self.nodes.append(node)
+        self.shapes.update(zip(node.outputs, shapes))
+        self.last = node.outputs[-1]
+
+
+def _fold(prev, bn):
+    """(kernel, bias) of prev with bn folded in, as the converter's constant folding computes them."""
+    w = bn.weights
+    m = (_rsqrt((w["moving_variance"] + f32(bn.epsilon)).astype(f32)) * w["gamma"]).astype(f32)
+    shift = (w["beta"] - w["moving_mean"] * m).astype(f32)
+    kname = "depthwise_kernel" if isinstance(prev, L.DepthwiseConv2D) else "kernel"
+    kernel = prev.weights[kname]
+    flat = kernel.reshape(kernel.shape[:-2] + (-1,)) if kname == "depthwise_kernel" else kernel
+    folded = (flat * m).astype(f32).reshape(kernel.shape)
+    b = prev.weights.get("bias")
+    bias = shift if b is None else ((b * m).astype(f32) + shift).astype(f32)
+    return kernel_copy(prev, kname, folded, bias)
+
+
+def kernel_copy(layer, kname, kernel, bias):
+    import copy
+    out = copy.copy(layer)
+    out.weights = dict(layer.weights, **{kname: kernel, "bias": bias})
+    out.use_bias = True
+    return out
+
+
+def _merge(layers):
+    """Apply the converter's fusions to the layer list: fold BN, fuse a following relu/relu6."""
+    out = []
+    for layer in layers:
+        prev = out[-1] if out else None
+        linear = isinstance(prev, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) and prev.activation == "linear"
+        if isinstance(layer, L.BatchNormalization):
+            if not linear:
+                raise _core.UnsupportedError(
+                    f"convert: BatchNormalization '{layer.name}' does not follow a Dense/Conv2D/DepthwiseConv2D "
+                    "without activation; the converter lowers it to MUL + ADD, which qd.convert does not emit")
+            out[-1] = _fold(prev, layer)
+            out[-1].name = prev.name
+            out[-1].bn_folded = True
+            continue
+        if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") and linear:
+            import copy
+            fused = copy.copy(prev)
+            fused.activation = layer.activation
+            # After a folded BN the converter fuses the relu late, after it has already moved a
+            # preceding Dense's bias into this layer (see _lower).
+            fused.relu_after_bn = getattr(prev, "bn_folded", False)
+            out[-1] = fused
+            continue
+        out.append(layer)
+    return out
+
+
+def _tflite_weights(layer):
+    """The layer's kernel in the converter's layout, plus its Keras-layout kernel."""
+    if isinstance(layer, L.Dense):
+        k = layer.weights["kernel"]
+        return np.ascontiguousarray(k.T), k
+    if isinstance(layer, L.Conv2D):
+        k = layer.weights["kernel"]
+        return np.ascontiguousarray(np.transpose(k, (3, 0, 1, 2))), k     # (KH, KW, C/g, O) -> OHWI
+    k = layer.weights["depthwise_kernel"]
+    return np.ascontiguousarray(k.reshape((1,) + k.shape[:2] + (-1,))), k  # (KH, KW, C, M) -> (1, KH, KW, C*M)
+
+
+def _bias_or_none(b):
+    return None if b is None or not np.any(b) else np.ascontiguousarray(b, f32)
+
+
+def _lower(model):
+    """The converter's float graph of a qd.Sequential."""
+    g = _FloatGraph(model.input_shape)
+    for layer in _merge(model.layers):
+        x, name = g.last, layer.name
+        shape_in = g.shapes[x][1:]
+        if isinstance(layer, (L.Dense, L.Conv2D, L.DepthwiseConv2D)):
+            if isinstance(layer, L.Dense) and len(shape_in) != 1:
+                raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(shape_in) + 1} input (the "
+                                             "converter emits FC + RESHAPE + ADD; not supported)")
+            if not isinstance(layer, L.Dense) and max(layer.dilation_rate) > 1:
+                raise _core.UnsupportedError(f"convert: '{name}' is dilated; the converter lowers dilated "
+                                             "convolutions with SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND (not supported)")
+            w, k = _tflite_weights(layer)
+            op = {L.Dense: "FULLY_CONNECTED", L.Conv2D: "CONV_2D"}.get(type(layer), "DEPTHWISE_CONV_2D")
+            act = layer.activation if layer.activation in _FUSED else "linear"
+            options = dict(activation=_FUSED[act])
+            if op != "FULLY_CONNECTED":
+                options.update(padding=layer.padding, strides=layer.strides, dilation=layer.dilation_rate)
+            else:
+                options.update(keep_num_dims=False)
+            prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
+            late_act = act == "linear" or getattr(layer, "relu_after_bn", False)
+            if op == "FULLY_CONNECTED" and late_act and prev is not None and prev.op == "FULLY_CONNECTED" \
+                    and prev.options["activation"] == 0 and prev.bias is not None:
+                raise _core.UnsupportedError(
+                    f"convert: Dense '{name}' (no relu/relu6) follows a Dense with a bias and no activation; the "
+                    "converter moves that bias into this layer's bias (b2 + W2 b1) with float arithmetic qdrift does "
+                    "not reproduce bit for bit")
+            out = name if act == layer.activation else f"{name}/linear"
+            bias = _bias_or_none(layer.weights.get("bias"))
+            if bias is None and op != "FULLY_CONNECTED":   # convolutions always get one (zeros)
+                bias = np.zeros(w.shape[0] if op == "CONV_2D" else w.shape[3], f32)
+            g.add(_Node(op, [x], [out], w, bias, options, k, layer),
+                  [(1,) + layer.output_shape])
+            if act != layer.activation:
+                _add_activation(g, layer.activation, out, name)
+        elif isinstance(layer, L.Activation):
+            _add_activation(g, layer.activation, x, name)
+        elif isinstance(layer, (L.Flatten, L.Reshape)):
+            if tuple(layer.output_shape) != tuple(shape_in):
+                g.add(_Node("RESHAPE", [x], [name]), [(1,) + tuple(layer.output_shape)])
+        elif isinstance(layer, L.SimpleRNN):
+            _lower_rnn(g, layer, x)
+        else:
+            raise _core.UnsupportedError(f"convert: layer '{name}' ({type(layer).__name__}) is not supported")
+    return g
+
+
+def _add_activation(g, activation, x, name):
+    if activation in ("tanh", "sigmoid"):
+        g.add(_Node("TANH" if activation == "tanh" else "LOGISTIC", [x], [name]), [g.shapes[x]])
+    elif activation != "linear":
+        raise _core.UnsupportedError(f"convert: the {activation} of '{name}' does not follow a Dense/Conv2D "
+                                     "without activation; the converter emits a separate RELU op (not supported)")
+
+
+def _lower_rnn(g, layer, x):
+    name = layer.name
+    if layer.activation != "tanh" or layer.return_sequences or layer.go_backwards:
+        raise _core.UnsupportedError(f"convert: SimpleRNN '{name}' must use tanh, return only the last output and "
+                                     "run forwards (other forms lower to TRANSPOSE/FILL/PACK graphs, not supported)")
+    t, f = g.shapes[x][1:]
+    w = layer.weights
+    kx, kh = w["kernel"], w["recurrent_kernel"]
+    bias = _bias_or_none(w.get("bias"))
+    if t > 1:   # (1, T, F) -> (T, 1, F); with T = 1 the converter drops the identity reshape
+        g.add(_Node("RESHAPE", [x], [f"{name}/time_major"]), [(t, 1, f)])
+        x = f"{name}/time_major"
+    steps = [f"{name}/x{s}" for s in range(t)]
+    g.add(_Node("UNPACK", [x], steps, options=dict(axis=0)), [(1, f)] * t)
+    fc = dict(activation=0, keep_num_dims=False)
+    h = None
+    for s in range(t):
+        zx = f"{name}/step{s}/input"
+        if h is None:
+            g.add(_Node("FULLY_CONNECTED", [steps[s]], [zx], np.ascontiguousarray(kx.T), bias, fc, kx), [(1, layer.units)])
+            pre = zx
+        else:
+            zh = f"{name}/step{s}/recurrent"
+            g.add(_Node("FULLY_CONNECTED", [h], [zh], np.ascontiguousarray(kh.T), None, fc, kh), [(1, layer.units)])
+            g.add(_Node("FULLY_CONNECTED", [steps[s]], [zx], np.ascontiguousarray(kx.T), bias, fc, kx),
+                  [(1, layer.units)])
+            pre = f"{name}/step{s}/add"
+            g.add(_Node("ADD", [zx, zh], [pre], options=dict(activation=0)), [(1, layer.units)])
+        h = name if s == t - 1 else f"{name}/step{s}/state"
+        g.add(_Node("TANH", [pre], [h]), [(1, layer.units)])
+
+
+# ---- the float run (calibration) ----------------------------------------------------------------
+def _run_float(g, x):
+    values = {"input": np.ascontiguousarray(x, f32)}
+    for n in g.nodes:
+        v = [values[i] for i in n.inputs]
+        if n.op == "FULLY_CONNECTED":
+            act = {0: "linear", 1: "relu", 3: "relu6"}[n.options["activation"]]
+            y = _core.dense(np.ascontiguousarray(v[0].reshape(v[0].shape[0], -1)), n.kernel, n.bias, activation=act)
+        elif n.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            layer = n.geometry
+            act = {0: "linear", 1: "relu", 3: "relu6"}[n.options["activation"]]
+            fn = _core.conv2d if n.op == "CONV_2D" else _core.depthwise_conv2d
+            extra = dict(groups=layer.groups) if n.op == "CONV_2D" else {}
+            y = fn(v[0], n.kernel, n.bias, strides=layer.strides, padding=layer.padding,
+                   dilation=layer.dilation_rate, activation=act, **extra)
+        elif n.op in ("TANH", "LOGISTIC"):
+            y = _core.activation(np.ascontiguousarray(v[0]), "tanh" if n.op == "TANH" else "sigmoid")
+        elif n.op == "ADD":
+            y = (v[0] + v[1]).astype(f32)
+        elif n.op == "RESHAPE":
+            if n.outputs[0].endswith("/time_major"):      # (N, T, F) -> (T, N, F)
+                y = np.ascontiguousarray(np.transpose(v[0], (1, 0, 2)))
+            else:
+                y = np.ascontiguousarray(v[0].reshape((v[0].shape[0],) + g.shapes[n.outputs[0]][1:]))
+        elif n.op == "UNPACK":
+            time_major = v[0] if n.inputs[0].endswith("/time_major") else np.transpose(v[0], (1, 0, 2))
+            for k, out in enumerate(n.outputs):
+                values[out] = np.ascontiguousarray(time_major[k])
+            continue
+        else:   # pragma: no cover (every lowered op is listed above)
+            raise AssertionError(n.op)
+        values[n.outputs[0]] = y
+    return values
+
+
+def calibrate(g, calibration, batch_size=256):
+    """Global (min, max) of every float tensor over the calibration data, as float32."""
+    calibration = np.ascontiguousarray(calibration, f32)
+    ranges = {}
+    for i in range(0, len(calibration), batch_size):
+        for name, v in _run_float(g, calibration[i:i + batch_size]).items():
+            lo, hi = f32(v.min()), f32(v.max())
+            old = ranges.get(name)
+            ranges[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    # The calibrator logs an op's inputs after the op ran; LiteRT runs ADD in place (its output
+    # overwrites input 0), so input 0's logged range also covers ADD's output.
+    for n in g.nodes:
+        if n.op == "ADD":
+            a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
+            ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
+    return ranges
+
+
+# ---- quantization ---------------------------------------------------------------------------------
+class _Builder:
+    def __init__(self):
+        self.tensors, self.ops, self.index = [], [], {}
+
+    def tensor(self, name, dtype, shape, scale=(), zero_point=(), data=None):
+        self.tensors.append(Tensor(name, dtype, tuple(shape), np.asarray(scale, f32).reshape(-1),
+                                   np.asarray(zero_point, np.int64).reshape(-1), data))
+        self.index[name] = len(self.tensors) - 1
+        return self.index[name]
+
+    def op(self, name, inputs, outputs, options=None):
+        self.ops.append(Op(name, list(inputs), list(outputs), dict(options or {})))
+
+
+_WEIGHT_AXIS = {"FULLY_CONNECTED": 0, "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}
+
+
+def _int_activation(profile, lo, hi):
+    if profile == "tflite_int16x8":
+        return tflite.activation_params_int16(lo, hi)
+    return tflite.activation_params_int8(lo, hi)
+
+
+def _fixed_output(profile, op):
+    """TANH / LOGISTIC outputs have fixed quantization."""
+    if profile == "tflite_int16x8":
+        return (1.0 / 32768, 0)
+    return (1.0 / 128, 0) if op == "TANH" else (1.0 / 256, -128)
+
+
+_BIAS_MAX = (2 ** 31 - 1) // 2
+
+
+def _bias_fits(bias, input_scale, weight_scales):
+    """QuantizationDriver::SetBiasParamsWithAdjustments (MLIR, int8): a channel whose bias would
+    exceed INT32_MAX / 2 in units of s_in * s_w gets the weight scale |b| / (INT32_MAX / 2) / s_in
+    (double arithmetic, stored as float32). None when no channel needs it."""
+    s_in = float(f32(input_scale))
+    bias_scale = (np.float64(s_in) * weight_scales.astype(np.float64)).astype(f32).astype(np.float64)
+    abs_b = np.abs(bias.astype(f32)).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        over = abs_b / bias_scale > _BIAS_MAX
+    if not over.any():
+        return None
+    new = weight_scales.astype(np.float64).copy()
+    new[over] = (abs_b[over] / _BIAS_MAX) / s_in
+    return new.astype(f32)
+
+
+def _quantize_with_scales(w, axis, scales):
+    """Per-channel symmetric int8 codes for given scales: RHA(f32(w * f32(1 / scale))), clamped."""
+    from .tflite_kernels import round_half_away
+    inv = (1.0 / scales.astype(np.float64)).astype(f32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return np.clip(round_half_away((w * inv.reshape(shape)).astype(f32)), -127, 127).astype(np.int8)
+
+
+def _full_integer(g, profile, ranges, inference_io):
+    b = _Builder()
+    act_dtype = np.int16 if profile == "tflite_int16x8" else np.int8
+    params = {}
+
+    def activation(name):
+        if name not in params:
+            if name not in ranges:
+                raise _core.ConfigError(f"convert: no calibration range for tensor '{name}'")
+            lo, hi = ranges[name]
+            params[name] = _int_activation(profile, float(lo), float(hi))
+        return params[name]
+
+    s, z = activation("input")
+    if inference_io == "float":
+        x_float = b.tensor("input", np.float32, g.shapes["input"])
+        x = b.tensor("input/quantized", act_dtype, g.shapes["input"], s, z)
+        b.op("QUANTIZE", [x_float], [x])
+        inputs = [x_float]
+    else:
+        x = b.tensor("input", act_dtype, g.shapes["input"], s, z)
+        inputs = [x]
+    ids = {"input": x}
+    constants = {}
+    for n in g.nodes:
+        if n.op in _SAME_PARAMS:
+            params.update({o: params[n.inputs[0]] if n.inputs[0] in params else activation(n.inputs[0])
+                           for o in n.outputs})
+        elif n.op in ("TANH", "LOGISTIC"):
+            params[n.outputs[0]] = _fixed_output(profile, n.op)
+        out_ids = []
+        for o in n.outputs:
+            so, zo = activation(o)
+            out_ids.append(b.tensor(o, act_dtype, g.shapes[o], so, zo))
+        in_ids = [ids[i] for i in n.inputs]
+        if n.weights is not None:
+            key = id(n.weights) if n.op != "FULLY_CONNECTED" else (n.weights.tobytes(), n.weights.shape)
+            s_in = float(b.tensors[in_ids[0]].scale[0])
+            scheme = "int16x8" if profile == "tflite_int16x8" else "ptq"
+            if key not in constants:   # the unrolled RNN shares one weight tensor across steps
+                ws, wq = tflite.quantize_weights(n.weights, True, _WEIGHT_AXIS[n.op], scheme)
+                constants[key] = b.tensor(f"{n.outputs[0]}/weights", np.int8, n.weights.shape, ws,
+                                          np.zeros(ws.size, np.int64), wq)
+            w_id = constants[key]
+            in_ids.append(w_id)
+            if n.bias is not None and profile == "tflite_int8":
+                adjusted = _bias_fits(n.bias, s_in, b.tensors[w_id].scale)
+                if adjusted is not None:   # a per-op copy of the weights with enlarged scales
+                    wq = _quantize_with_scales(n.weights, _WEIGHT_AXIS[n.op], adjusted)
+                    w_id = b.tensor(f"{n.outputs[0]}/weights", np.int8, n.weights.shape, adjusted,
+                                    np.zeros(adjusted.size, np.int64), wq)
+                    in_ids[-1] = w_id
+            if n.bias is not None:
+                ws = b.tensors[w_id].scale
+                if profile == "tflite_int16x8":
+                    bq, dtype = tflite.quantize_bias_int64(n.bias, s_in, ws), np.int64
+                    bs = (f32(s_in) * ws).astype(f32)
+                else:
+                    bq, dtype = tflite.quantize_bias_int32(n.bias, s_in, ws), np.int32
+                    bs = (np.float64(f32(s_in)) * ws.astype(np.float64)).astype(f32)
+                in_ids.append(b.tensor(f"{n.outputs[0]}/bias", dtype, n.bias.shape, bs, np.zeros(bs.size, np.int64), bq))
+            else:
+                in_ids.append(-1)
+        if n.op == "RESHAPE":
+            shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
+            in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
+        b.op(n.op, in_ids, out_ids, n.options)
+        ids.update(zip(n.outputs, out_ids))
+    last = ids[g.last]
+    if inference_io == "float":
+        y = b.tensor("output", np.float32, b.tensors[last].shape)
+        b.op("DEQUANTIZE", [last], [y])
+        last = y
+    return TFLiteModel(b.tensors, b.ops, inputs, [last])
+
+
+def convert(model, profile="tflite_int8", calibration=None, ranges=None, inference_io="float", batch_size=256):
+    """The TFLiteModel the TFLite converter writes for `model` (a qd.Sequential or a Keras model).
+
+    profile:      tflite_int8 (full integer, int8 activations) | tflite_int16x8 (int16 activations,
+                  int8 weights, int64 bias)
+    calibration:  representative inputs (batch first, float32); the float graph runs on them and
+                  each tensor's global min/max sets its scale and zero point
+    ranges:       {tensor name: (min, max)} overriding calibrated ranges (tensor names: "input",
+                  each layer's name, "<rnn>/step<t>/input|recurrent|add|state")
+    inference_io: "float" (QUANTIZE in, DEQUANTIZE out, the default) or "int8"/"int16" (the
+                  converter's inference_input_type/inference_output_type)"""
+    if profile not in PROFILES:
+        raise _core.ConfigError(f"convert: unknown profile '{profile}'; expected one of {', '.join(PROFILES)}")
+    model = _as_sequential(model)
+    g = _lower(model)
+    if profile in ("tflite_dynamic", "tflite_fp16"):
+        raise _core.UnsupportedError(f"convert: profile '{profile}' is not implemented yet")
+    if inference_io not in ("float", "int8", "int16"):
+        raise _core.ConfigError(f"convert: inference_io must be 'float', 'int8' or 'int16', got '{inference_io}'")
+    found = {} if calibration is None else calibrate(g, calibration, batch_size)
+    found.update({k: (f32(v[0]), f32(v[1])) for k, v in (ranges or {}).items()})
+    missing = [n for n in g.shapes if n not in found]
+    if missing:
+        raise _core.ConfigError(f"convert: profile '{profile}' needs calibration data (calibration=...) or ranges "
+                                f"for every activation; missing: {', '.join(missing[:5])}")
+    return _full_integer(g, profile, found, inference_io)
+
+
+def float_graph_tensors(model):
+    """Names of the float tensors qd.convert calibrates, in graph order (the keys of `ranges`)."""
+    g = _lower(_as_sequential(model))
+    return ["input"] + [o for n in g.nodes for o in n.outputs]
+
+
+def _as_sequential(model):
+    from .model import Sequential
+    if isinstance(model, Sequential):
+        return model
+    from .keras_import import from_keras
+    for layer in getattr(model, "layers", []):
+        if type(layer).__name__ == "SimpleRNN" and not layer.get_config().get("unroll", False):
+            raise _core.UnsupportedError(f"convert: SimpleRNN '{layer.name}' needs unroll=True (the real converter "
+                                         "crashes on the full-integer WHILE loop of TF 2.21)")
+    return from_keras(model)

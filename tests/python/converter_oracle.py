@@ -1,0 +1,200 @@
+"""Test helpers: run the real TFLite converter on a Keras model (capturing its calibrated float
+model), read the calibrator's per-tensor ranges, random Keras models, and a tensor-by-tensor
+comparison of two TFLiteModels."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.lite.python.optimize import calibrator as _calibrator  # noqa: E402
+
+import qdrift as qd  # noqa: E402
+from qdrift.tflite_model import SHAPE_OPS  # noqa: E402
+
+L = keras.layers
+
+
+def convert_with_tf(km, profile, calibration=None, inference_io="float"):
+    """(the converter's .tflite bytes, the calibrated float model's bytes or None)."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(km)
+    captured = {}
+    if profile in ("tflite_int8", "tflite_int16x8"):
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if profile == "tflite_int8" else \
+            [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        if inference_io != "float":
+            conv.inference_input_type = conv.inference_output_type = tf.int8 if inference_io == "int8" else tf.int16
+    elif profile == "tflite_dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif profile == "tflite_fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    original = _calibrator.Calibrator.calibrate
+    original_cq = _calibrator.Calibrator.calibrate_and_quantize
+
+    def spy(self, gen):
+        captured["calibrated"] = original(self, gen)
+        return captured["calibrated"]
+
+    def spy_cq(self, gen, *args, **kwargs):
+        # The int16x8 path calibrates and quantizes in one call; a second calibrator on the same
+        # float model gives the same statistics (the float kernels are deterministic).
+        captured["calibrated"] = original(_calibrator.Calibrator(self._model_content), gen)
+        return original_cq(self, gen, *args, **kwargs)
+
+    _calibrator.Calibrator.calibrate = spy
+    _calibrator.Calibrator.calibrate_and_quantize = spy_cq
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            flatbuffer = conv.convert()
+    finally:
+        _calibrator.Calibrator.calibrate = original
+        _calibrator.Calibrator.calibrate_and_quantize = original_cq
+    return flatbuffer, captured.get("calibrated")
+
+
+def calibrated_ranges(calibrated, tm):
+    """The calibrator's (min, max) of each float tensor, keyed by qd.convert's tensor names: the
+    calibrated float graph's ops (shape arithmetic left out) align one to one with the converted
+    model's ops (QUANTIZE/DEQUANTIZE left out)."""
+    import tflite
+    m = tflite.Model.GetRootAsModel(calibrated, 0)
+    sg = m.Subgraphs(0)
+    codes = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+
+    def minmax(i):
+        q = sg.Tensors(i).Quantization()
+        return (np.float32(q.MinAsNumpy()[0]), np.float32(q.MaxAsNumpy()[0]))
+
+    float_ops = []
+    for k in range(sg.OperatorsLength()):
+        op = sg.Operators(k)
+        c = m.OperatorCodes(op.OpcodeIndex())
+        name = codes[max(c.BuiltinCode(), c.DeprecatedBuiltinCode())]
+        if name not in SHAPE_OPS:
+            float_ops.append((name, list(op.OutputsAsNumpy())))
+    ours = [op for op in tm.ops if op.name not in ("QUANTIZE", "DEQUANTIZE")]
+    assert [n for n, _ in float_ops] == [op.name for op in ours], ([n for n, _ in float_ops], [o.name for o in ours])
+    ranges = {"input": minmax(int(sg.Inputs(0)))}
+    for (_, outs), op in zip(float_ops, ours):
+        for i, o in zip(outs, op.outputs):
+            ranges[tm.tensors[o].name] = minmax(int(i))
+    return ranges
+
+
+def compare_models(ours, theirs, what=""):
+    """Same op sequence (shape arithmetic left out), and per op the same tensor types, shapes,
+    scales, zero points and constant data. Returns the number of tensors compared."""
+    a = [op for op in ours.ops if op.name not in SHAPE_OPS]
+    b = [op for op in theirs.ops if op.name not in SHAPE_OPS]
+    assert [op.name for op in a] == [op.name for op in b], (what, [op.name for op in a], [op.name for op in b])
+    n = 0
+    for k, (oa, ob) in enumerate(zip(a, b)):
+        ins_a, ins_b = oa.inputs, ob.inputs
+        if oa.name == "RESHAPE":     # the shape operand: a constant here, computed there
+            ins_a, ins_b = ins_a[:1], ins_b[:1]
+        assert len(ins_a) == len(ins_b) and len(oa.outputs) == len(ob.outputs), (what, k, oa.name)
+        for ia, ib in list(zip(ins_a, ins_b)) + list(zip(oa.outputs, ob.outputs)):
+            if ia < 0 or ib < 0:
+                assert ia == ib, (what, k, oa.name, "optional input present in one only", ia, ib)
+                continue
+            ta, tb = ours.tensors[ia], theirs.tensors[ib]
+            where = (what, k, oa.name, ta.name, tb.name)
+            assert ta.dtype == tb.dtype, where + (ta.dtype, tb.dtype)
+            assert tuple(ta.shape) == tuple(tb.shape), where + (ta.shape, tb.shape)
+            assert np.array_equal(ta.scale, tb.scale), where + (ta.scale, tb.scale)
+            assert np.array_equal(ta.zero_point, tb.zero_point), where + (ta.zero_point, tb.zero_point)
+            assert (ta.data is None) == (tb.data is None), where + ("constant in one only",)
+            if ta.data is not None:
+                assert np.array_equal(ta.data, tb.data), where + (int(np.sum(ta.data != tb.data)),)
+            n += 1
+        if oa.name not in ("RESHAPE",):
+            assert oa.options == ob.options, (what, k, oa.name, oa.options, ob.options)
+    return n
+
+
+# ---- random Keras models -------------------------------------------------------------------------
+ACTS = ["linear", "relu", "relu6", "tanh", "sigmoid"]
+
+
+def _act(rng):
+    return str(rng.choice(ACTS))
+
+
+def _maybe_bn_and_act(rng, layers, act_in_layer):
+    """After a Dense/Conv: sometimes a BatchNormalization, sometimes a separate activation layer."""
+    if act_in_layer == "linear" and rng.random() < 0.4:
+        layers.append(L.BatchNormalization(epsilon=float(rng.choice([1e-3, 1e-5]))))
+    if act_in_layer == "linear" and rng.random() < 0.4:
+        a = _act(rng)
+        layers.append(L.ReLU() if a == "relu" and rng.random() < 0.5 else L.Activation(a))
+
+
+def random_image_model(rng):
+    h, w, c = int(rng.integers(4, 10)), int(rng.integers(4, 10)), int(rng.integers(1, 5))
+    layers, shape = [], (h, w, c)
+    for _ in range(int(rng.integers(1, 4))):
+        strides = int(rng.choice([1, 1, 2]))
+        dilation = 1    # dilated convolutions lower to SPACE_TO_BATCH_ND (qd.convert: UnsupportedError)
+        k = int(rng.integers(1, 4))
+        padding = str(rng.choice(["same", "valid"]))
+        act = _act(rng) if rng.random() < 0.5 else "linear"
+        if padding == "valid" and min(h, w) - dilation * (k - 1) < 1:
+            padding = "same"
+        if rng.random() < 0.6:
+            layers.append(L.Conv2D(int(rng.integers(1, 7)), k, strides=strides, padding=padding,
+                                   dilation_rate=dilation, activation=act))
+        else:
+            layers.append(L.DepthwiseConv2D(k, strides=strides, padding=padding, dilation_rate=dilation,
+                                            depth_multiplier=int(rng.integers(1, 3)), activation=act))
+        km = keras.Sequential([keras.Input(shape)] + layers)
+        h, w = km.output_shape[1:3]
+        _maybe_bn_and_act(rng, layers, act)
+    layers.append(L.Flatten())
+    for _ in range(int(rng.integers(0, 2))):
+        act = _act(rng) if rng.random() < 0.5 else "linear"
+        layers.append(L.Dense(int(rng.integers(1, 12)), activation=act))
+        _maybe_bn_and_act(rng, layers, act)
+    layers.append(L.Dense(int(rng.integers(1, 6))))
+    return keras.Sequential([keras.Input(shape)] + layers)
+
+
+def random_dense_model(rng):
+    shape = (int(rng.integers(1, 40)),)
+    layers = []
+    for _ in range(int(rng.integers(1, 4))):
+        act = _act(rng) if rng.random() < 0.6 else "linear"
+        layers.append(L.Dense(int(rng.integers(1, 24)), activation=act))
+        _maybe_bn_and_act(rng, layers, act)
+    return keras.Sequential([keras.Input(shape)] + layers)
+
+
+def random_rnn_model(rng):
+    t, f = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    layers = [L.SimpleRNN(int(rng.integers(1, 9)), unroll=True, use_bias=bool(rng.random() < 0.8))]
+    if rng.random() < 0.5:
+        layers.append(L.Dense(int(rng.integers(1, 5)), activation=_act(rng)))
+    return keras.Sequential([keras.Input((t, f), batch_size=1)] + layers)
+
+
+def randomize_weights(km, rng):
+    ws = []
+    for v in km.weights:
+        if "variance" in v.name:
+            ws.append(rng.uniform(0.2, 2.0, v.shape).astype(np.float32))
+        else:
+            ws.append(rng.normal(0, 0.5, v.shape).astype(np.float32))
+    km.set_weights(ws)
+
+
+def random_model(rng, kind=None):
+    kind = kind or str(rng.choice(["image", "image", "dense", "rnn"]))
+    km = {"image": random_image_model, "dense": random_dense_model, "rnn": random_rnn_model}[kind](rng)
+    randomize_weights(km, rng)
+    return kind, km

@@ -1,0 +1,162 @@
+"""qd.convert against the real TFLite converter (TF 2.21) and LiteRT: on random Keras models the
+converted graph, scales, zero points, integer weights and biases equal the file's exactly (given
+the calibrator's ranges), outputs equal LiteRT's on every kernel path, every intermediate tensor
+equals LiteRT's reference run, and qdrift's own calibration is measured against the calibrator."""
+import numpy as np
+import pytest
+from ai_edge_litert import interpreter as litert
+
+import qdrift as qd
+from converter_oracle import (L, calibrated_ranges, compare_models, convert_with_tf, keras, random_model,
+                              randomize_weights)
+from test_tflite_kernels import RESOLVERS, run_litert
+
+MODELS = 100
+
+
+def _converted(rng, kind=None):
+    """A random supported Keras model, its calibration data, the converter's file and ranges."""
+    while True:
+        kind_, km = random_model(rng, kind)
+        shape = km.input_shape[1:]
+        cal = rng.normal(size=(int(rng.integers(2, 10)),) + shape).astype(np.float32)
+        try:
+            calibrated_by_qdrift = qd.convert(km, "tflite_int8", calibration=cal)
+        except qd.UnsupportedError:
+            continue          # the generator also makes models outside qd.convert's scope (counted below)
+        return kind_, km, cal, calibrated_by_qdrift
+
+
+def test_int8_random_models_equal_the_converter_and_litert(rng):
+    tensors = same_params = 0
+    for trial in range(MODELS):
+        kind, km, cal, by_qdrift = _converted(rng)
+        flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal)
+        theirs = qd.from_tflite(flatbuffer)
+        ranges = calibrated_ranges(calibrated, by_qdrift)
+        ours = qd.convert(km, "tflite_int8", ranges=ranges)
+        compare_models(ours, theirs, (trial, km.name))      # graph, scales, zero points, weights, biases: exact
+        x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
+        x = x.astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
+            assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
+        # qdrift's own calibration: its float kernels sum in another order than TensorFlow's
+        # optimized float kernels, so a range can differ in the last bits. Require that every
+        # difference is such a rounding difference: within 1e-5 of the range width (float32
+        # accumulation over at most a few hundred terms), never a different rule.
+        ours_cal = calibrated_ranges(calibrated, by_qdrift)   # same alignment, qdrift's values below
+        for t in by_qdrift.tensors:
+            if t.name in ranges and t.scale.size:
+                tensors += 1
+                twin = ours.tensors[[u.name for u in ours.tensors].index(t.name)]
+                same_params += int(np.array_equal(t.scale, twin.scale) and np.array_equal(t.zero_point, twin.zero_point))
+        found = qd.convert.__globals__["calibrate"](qd.convert.__globals__["_lower"](qd.from_keras(km)), cal)
+        for name, (lo, hi) in ours_cal.items():
+            width = max(float(hi) - float(lo), 1e-6)
+            assert abs(float(found[name][0]) - float(lo)) <= 1e-5 * width, (trial, name, found[name], (lo, hi))
+            assert abs(float(found[name][1]) - float(hi)) <= 1e-5 * width, (trial, name, found[name], (lo, hi))
+    print(f"qdrift-calibrated activation params equal to the converter's: {same_params}/{tensors}")
+
+
+def _preserved(flatbuffer, x):
+    it = litert.Interpreter(model_content=flatbuffer, experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF,
+                            experimental_preserve_all_tensors=True)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    return it
+
+
+def test_every_intermediate_tensor_equals_litert_reference(rng):
+    """run(taps=True) against LiteRT's reference kernels with experimental_preserve_all_tensors."""
+    from qdrift.tflite_model import SHAPE_OPS
+    compared = 0
+    for trial in range(12):
+        kind, km, cal, by_qdrift = _converted(rng, ["image", "dense", "rnn"][trial % 3])
+        flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal)
+        ours = qd.convert(km, "tflite_int8", ranges=calibrated_ranges(calibrated, by_qdrift))
+        theirs = qd.from_tflite(flatbuffer)
+        x = rng.normal(size=(1,) + km.input_shape[1:]).astype(np.float32)
+        _, taps = ours.run(x, kernels="reference", taps=True)
+        it = _preserved(flatbuffer, x)
+        a = [op for op in ours.ops if op.name not in SHAPE_OPS]
+        b = [op for op in theirs.ops if op.name not in SHAPE_OPS]
+        for oa, ob in zip(a, b):
+            for ia, ib in zip(oa.outputs, ob.outputs):
+                expected = it.get_tensor(ib)
+                got = taps[ours.tensors[ia].name]
+                assert got.dtype == expected.dtype and np.array_equal(got.reshape(expected.shape), expected), \
+                    (trial, oa.name, ours.tensors[ia].name, [op.name for op in a], [l.name for l in km.layers], got, expected)
+                compared += 1
+    assert compared > 100
+
+
+def test_canonical_examples_int8(rng):
+    """DESIGN.md §6: Dense(1) kernel 1.5 on 2.0, the all-ones 3x3 conv on ones, the all-ones
+    SimpleRNN(4) on 5 steps of ones; converted with a representative dataset of random inputs
+    and, separately, of the example input itself (whose calibration qdrift reproduces exactly for
+    the dense and conv examples: these sums are exact in float32)."""
+    dense = keras.Sequential([keras.Input((1,)), L.Dense(1, use_bias=False)])
+    dense.set_weights([np.array([[1.5]], np.float32)])
+    conv = keras.Sequential([keras.Input((5, 5, 1)), L.Conv2D(1, 3, use_bias=False)])
+    conv.set_weights([np.ones((3, 3, 1, 1), np.float32)])
+    rnn = keras.Sequential([keras.Input((5, 1), batch_size=1), L.SimpleRNN(4, use_bias=False, unroll=True)])
+    rnn.set_weights([np.ones((1, 4), np.float32), np.ones((4, 4), np.float32)])
+    for km, x in ((dense, np.array([[2.0]], np.float32)), (conv, np.ones((1, 5, 5, 1), np.float32)),
+                  (rnn, np.ones((1, 5, 1), np.float32))):
+        for cal in (rng.uniform(0, 2, (4,) + x.shape[1:]).astype(np.float32), x):
+            flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal)
+            by_qdrift = qd.convert(km, "tflite_int8", calibration=cal)
+            theirs = qd.from_tflite(flatbuffer)
+            exact = qd.convert(km, "tflite_int8", ranges=calibrated_ranges(calibrated, by_qdrift))
+            compare_models(exact, theirs, km.name)
+            if cal is x and km is not rnn:
+                # qdrift's own calibration, exactly (the RNN's differs: TFLite's float TANH is not
+                # std::tanh; tanh(4.0463767) comes out 0.9993886 there, 0.9993887 here)
+                compare_models(by_qdrift, theirs, km.name)
+            for kernels in RESOLVERS:
+                _, expected = run_litert(flatbuffer, kernels, x)
+                assert np.array_equal(exact.run(x, kernels=kernels), expected), kernels
+    # The dense example calibrated on its own input gives 3.0 within one output step (3/255).
+    tm = qd.convert(dense, "tflite_int8", calibration=np.array([[2.0]], np.float32))
+    y = tm.run(np.array([[2.0]], np.float32), kernels="reference")
+    assert y.shape == (1, 1) and abs(float(y[0, 0]) - 3.0) < 0.02, y   # one output step is 3/255
+
+
+def test_int8_inference_io(rng):
+    """inference_io='int8' matches inference_input_type=inference_output_type=tf.int8."""
+    for trial in range(6):
+        kind, km, cal, by_qdrift = _converted(rng, ["image", "dense", "rnn"][trial % 3])
+        flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal, inference_io="int8")
+        ranges = calibrated_ranges(calibrated, by_qdrift)
+        ours = qd.convert(km, "tflite_int8", ranges=ranges, inference_io="int8")
+        compare_models(ours, qd.from_tflite(flatbuffer), trial)
+        x = rng.integers(-128, 128, (1,) + km.input_shape[1:]).astype(np.int8)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
+
+
+def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
+    cal = rng.normal(size=(4, 3, 2)).astype(np.float32)
+    loop = keras.Sequential([keras.Input((3, 2), batch_size=1), L.SimpleRNN(4)])
+    with pytest.raises(qd.UnsupportedError, match="unroll=True"):
+        qd.convert(loop, "tflite_int8", calibration=cal)
+    bn_alone = keras.Sequential([keras.Input((4,)), L.BatchNormalization()])
+    with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
+        qd.convert(bn_alone, "tflite_int8", calibration=cal[:, 0, :1].repeat(4, 1))
+    dilated = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2)])
+    with pytest.raises(qd.UnsupportedError, match="SPACE_TO_BATCH_ND"):
+        qd.convert(dilated, "tflite_int8", calibration=np.ones((1, 6, 6, 1), np.float32))
+    chain = keras.Sequential([keras.Input((4,)), L.Dense(3), L.Dense(2)])
+    randomize_weights(chain, rng)
+    with pytest.raises(qd.UnsupportedError, match="moves that bias"):
+        qd.convert(chain, "tflite_int8", calibration=np.ones((1, 4), np.float32))
+    with pytest.raises(qd.ConfigError, match="calibration"):
+        qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_int8")
+    with pytest.raises(qd.ConfigError, match="unknown profile"):
+        qd.convert(chain, "tflite_int4")
