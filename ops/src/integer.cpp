@@ -24,11 +24,14 @@ std::vector<RequantParams> OutputStage::per_channel(std::size_t channels) const 
   QDRIFT_CHECK(real || shift.size() == multiplier.size(), ConfigError, "output stage: ", multiplier.size(),
                " multipliers but ", shift.size(), " shifts");
   QDRIFT_CHECK(act_min <= act_max, ConfigError, "output stage: act_min ", act_min, " > act_max ", act_max);
+  QDRIFT_CHECK(tail_from >= channels || requant_method_uses_real_scale(tail_method) == real, ConfigError,
+               "output stage: tail_method ", requant_method_name(tail_method), " and method ",
+               requant_method_name(method), " must both be fixed-point or both real-scale");
   std::vector<RequantParams> out(channels);
   for (std::size_t c = 0; c < channels; ++c) {
     RequantParams& p = out[c];
     const std::size_t i = given == 1 ? 0 : c;
-    p.method = method;
+    p.method = c >= tail_from ? tail_method : method;
     if (real) {
       p.scale = scale[i];
     } else {

@@ -84,6 +84,24 @@ struct Stage {
       scale_d.push_back(p.scale);
     }
   }
+  // y = output stage of one row; channels from stage.tail_from on take stage.tail_method.
+  void requantize_row(const detail::Int8Kernels& k, const detail::StageArrays& a, const OutputStage& stage,
+                      const std::int32_t* sums, std::int8_t* y) const {
+    const std::size_t n = base.size(), split = std::min(stage.tail_from, n);
+    k.requantize_row(sums, split, a, y);
+    if (split == n) return;
+    detail::StageArrays t = a;
+    t.method = stage.tail_method;
+    t.base += split;
+    t.multiplier += split;
+    t.left += split;
+    t.right += split;
+    t.total += split;
+    t.scale_f += split;
+    t.scale_d += split;
+    t.params += split;
+    k.requantize_row(sums + split, n - split, t, y + split);
+  }
   detail::StageArrays arrays(const OutputStage& stage) const {
     detail::StageArrays a;
     a.method = stage.method;
@@ -162,7 +180,7 @@ bool depthwise(const detail::Int8Kernels& k, const ConvGeometry& g, const std::i
             k.depthwise_tap(acc.data(), filter + (ky * g.kw + kx) * g.o, xp, g.o, g.og(), zp);
           }
         }
-        k.requantize_row(acc.data(), g.o, arrays, y + ((n * g.oh + oy) * g.ow + ox) * g.o);
+        st.requantize_row(k, arrays, stage, acc.data(), y + ((n * g.oh + oy) * g.ow + ox) * g.o);
       }
   return true;
 }
@@ -183,7 +201,7 @@ bool fully_connected_int8_with(const detail::Int8Kernels& k, const std::int8_t* 
   for (std::size_t n0 = 0; n0 < batch; n0 += kChunkRows) {
     const std::size_t rows = std::min(kChunkRows, batch - n0);
     k.gemm(x + n0 * in, rows, in, filter, out, in, wsum.data(), c.data(), out);
-    for (std::size_t r = 0; r < rows; ++r) k.requantize_row(c.data() + r * out, out, arrays, y + (n0 + r) * out);
+    for (std::size_t r = 0; r < rows; ++r) st.requantize_row(k, arrays, stage, c.data() + r * out, y + (n0 + r) * out);
   }
   return true;
 }
@@ -241,7 +259,7 @@ bool conv2d_int8_with(const detail::Int8Kernels& k, const ConvGeometry& g, const
       k.gemm(a, rows, direct ? g.c : depth, rows_w.data() + grp * og * depth, og, depth, wsum.data() + grp * og,
              c.data() + grp * og, g.o);
     }
-    for (std::size_t r = 0; r < rows; ++r) k.requantize_row(c.data() + r * g.o, g.o, arrays, y + (m0 + r) * g.o);
+    for (std::size_t r = 0; r < rows; ++r) st.requantize_row(k, arrays, stage, c.data() + r * g.o, y + (m0 + r) * g.o);
   }
   return true;
 }

@@ -29,8 +29,10 @@ std::vector<T> list_of(const py::object& obj) {
 
 qdrift::OutputStage make_stage(const std::string& method, const py::object& m, const py::object& shift,
                                const py::object& scale, std::int32_t zero_point, std::int32_t act_min,
-                               std::int32_t act_max) {
+                               std::int32_t act_max, const py::object& tail_from, const std::string& tail_method) {
   qdrift::OutputStage s;
+  if (!tail_from.is_none()) s.tail_from = py::cast<std::size_t>(tail_from);
+  s.tail_method = qdrift::parse_requant_method(tail_method);
   s.method = qdrift::parse_requant_method(method);
   s.multiplier = list_of<std::int32_t>(m);
   s.shift = list_of<int>(shift);
@@ -119,8 +121,8 @@ void bind_integer(py::module_& m) {
       "fully_connected_int8",
       [](const py::handle& x, const py::handle& filter, const py::object& bias, std::int32_t x_zero_point,
          const std::string& method, const py::object& mult, const py::object& shift, const py::object& scale,
-         std::int32_t zero_point, std::int32_t act_min, std::int32_t act_max, const std::string& path,
-         const py::object& accumulator) {
+         std::int32_t zero_point, std::int32_t act_min, std::int32_t act_max, const py::object& tail_from,
+         const std::string& tail_method, const std::string& path, const py::object& accumulator) {
         const qdrift::Path p = qdrift::parse_path(path);
         const auto acc = accumulator_spec(accumulator, "fully_connected_int8");
         auto xi = array_in<std::int8_t>(x, "fully_connected_int8", "x");
@@ -133,7 +135,8 @@ void bind_integer(py::module_& m) {
         const std::size_t batch = qdrift::num_elements(qdrift::Shape(xi.shape.begin(), xi.shape.end() - 1));
         py::array keep;
         const std::int32_t* b = optional_bias(bias, keep, out, "fully_connected_int8");
-        const qdrift::OutputStage stage = make_stage(method, mult, shift, scale, zero_point, act_min, act_max);
+        const qdrift::OutputStage stage =
+            make_stage(method, mult, shift, scale, zero_point, act_min, act_max, tail_from, tail_method);
         qdrift::Shape out_shape = xi.shape;
         out_shape.back() = out;
         auto y = array_out<std::int8_t>(out_shape);
@@ -148,10 +151,11 @@ void bind_integer(py::module_& m) {
       },
       "x"_a, "filter"_a, "bias"_a, "x_zero_point"_a, py::kw_only(), "method"_a, "m"_a = py::none(),
       "shift"_a = py::none(), "scale"_a = py::none(), "zero_point"_a = 0, "act_min"_a = -128, "act_max"_a = 127,
-      "path"_a = "auto", "accumulator"_a = py::none(),
+      "tail_from"_a = py::none(), "tail_method"_a = "gemmlowp", "path"_a = "auto", "accumulator"_a = py::none(),
       "int8 FULLY_CONNECTED: filter (out, in) as TFLite stores it; int32 accumulation, then the output stage.\n"
       "path: 'reference' | 'fast' | 'auto' (same bits). accumulator=dict(bits=16, overflow='wrap'|'saturate')\n"
-      "models a narrower/wider accumulator and makes the call return (y, overflow_count).");
+      "models a narrower/wider accumulator and makes the call return (y, overflow_count).\n"
+      "tail_from / tail_method: output channels >= tail_from use tail_method (LiteRT's builtin depthwise).");
 
   m.def(
       "conv2d_int8",
@@ -159,7 +163,8 @@ void bind_integer(py::module_& m) {
          std::pair<std::size_t, std::size_t> strides, const std::string& padding,
          std::pair<std::size_t, std::size_t> dilation, std::size_t groups, const std::string& method,
          const py::object& mult, const py::object& shift, const py::object& scale, std::int32_t zero_point,
-         std::int32_t act_min, std::int32_t act_max, const std::string& path, const py::object& accumulator) {
+         std::int32_t act_min, std::int32_t act_max, const py::object& tail_from, const std::string& tail_method,
+         const std::string& path, const py::object& accumulator) {
         const qdrift::Path p = qdrift::parse_path(path);
         const auto acc = accumulator_spec(accumulator, "conv2d_int8");
         auto xi = array_in<std::int8_t>(x, "conv2d_int8", "x");
@@ -169,7 +174,8 @@ void bind_integer(py::module_& m) {
                                        dilation.second, qdrift::parse_padding(padding), groups, "conv2d_int8");
         py::array keep;
         const std::int32_t* b = optional_bias(bias, keep, g.o, "conv2d_int8");
-        const qdrift::OutputStage stage = make_stage(method, mult, shift, scale, zero_point, act_min, act_max);
+        const qdrift::OutputStage stage =
+            make_stage(method, mult, shift, scale, zero_point, act_min, act_max, tail_from, tail_method);
         auto y = array_out<std::int8_t>({g.n, g.oh, g.ow, g.o});
         std::int8_t* yp = y.mutable_data();
         std::uint64_t overflows = 0;
@@ -183,7 +189,8 @@ void bind_integer(py::module_& m) {
       "x"_a, "filter"_a, "bias"_a, "x_zero_point"_a, py::kw_only(), "strides"_a = std::pair<std::size_t, std::size_t>{1, 1},
       "padding"_a = "valid", "dilation"_a = std::pair<std::size_t, std::size_t>{1, 1}, "groups"_a = 1, "method"_a,
       "m"_a = py::none(), "shift"_a = py::none(), "scale"_a = py::none(), "zero_point"_a = 0, "act_min"_a = -128,
-      "act_max"_a = 127, "path"_a = "auto", "accumulator"_a = py::none(),
+      "act_max"_a = 127, "tail_from"_a = py::none(), "tail_method"_a = "gemmlowp", "path"_a = "auto",
+      "accumulator"_a = py::none(),
       "int8 CONV_2D on NHWC input; filter in qdrift's (KH, KW, C/groups, O) layout; padding taps add 0.\n"
       "path and accumulator as for fully_connected_int8.");
 }

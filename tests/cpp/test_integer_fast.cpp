@@ -41,6 +41,12 @@ OutputStage random_stage(RequantMethod method, std::size_t channels, std::size_t
     s.shift.push_back(q.shift);
   }
   s.zero_point = std::uniform_int_distribution<int>(-128, 127)(rng);
+  if (std::uniform_int_distribution<int>(0, 2)(rng) == 0) {   // a tail of channels under another rule
+    s.tail_from = std::uniform_int_distribution<std::size_t>(0, channels)(rng);
+    s.tail_method = qdrift::requant_method_uses_real_scale(method)
+                        ? (method == RequantMethod::kXnnpack ? RequantMethod::kDoubleRha : RequantMethod::kXnnpack)
+                        : (method == RequantMethod::kGemmlowp ? RequantMethod::kRuy : RequantMethod::kGemmlowp);
+  }
   return s;
 }
 

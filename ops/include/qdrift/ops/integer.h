@@ -23,6 +23,11 @@ struct OutputStage {
   std::int32_t zero_point = 0;
   std::int32_t act_min = -128;
   std::int32_t act_max = 127;
+  // Channels from `tail_from` on use `tail_method` instead (same multiplier/shift or scale):
+  // LiteRT's x86 builtin DEPTHWISE_CONV_2D rounds its 8-channel SIMD blocks like ruy and the
+  // O % 8 channels left over with the scalar gemmlowp rule (measured against the interpreter).
+  std::size_t tail_from = SIZE_MAX;
+  RequantMethod tail_method = RequantMethod::kGemmlowp;
   // Validates sizes against `channels` and every channel's parameters; throws ConfigError.
   std::vector<RequantParams> per_channel(std::size_t channels) const;
 };
