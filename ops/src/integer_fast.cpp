@@ -70,7 +70,8 @@ const detail::Int8Kernels& best_kernels() {
 // The output stage's parameters as per-channel arrays (validated by OutputStage::per_channel).
 struct Stage {
   std::vector<RequantParams> params;
-  std::vector<std::int32_t> base, multiplier, left, right, total;
+  std::vector<std::int32_t> base, multiplier, left, right, total, mask;
+  std::vector<std::int64_t> round;
   std::vector<float> scale_f;
   std::vector<double> scale_d;
 
@@ -80,6 +81,9 @@ struct Stage {
       left.push_back(p.shift > 0 ? p.shift : 0);
       right.push_back(p.shift > 0 ? 0 : -p.shift);
       total.push_back(31 - p.shift);
+      mask.push_back(static_cast<std::int32_t>((std::int64_t{1} << right.back()) - 1));
+      round.push_back(p.method == RequantMethod::kSingle ? std::int64_t{1} << (total.back() - 1)
+                                                         : (std::int64_t{1} << right.back()) >> 1);
       scale_f.push_back(static_cast<float>(p.scale));
       scale_d.push_back(p.scale);
     }
@@ -97,6 +101,8 @@ struct Stage {
     t.left += split;
     t.right += split;
     t.total += split;
+    t.mask += split;
+    t.round += split;
     t.scale_f += split;
     t.scale_d += split;
     t.params += split;
@@ -110,6 +116,8 @@ struct Stage {
     a.left = left.data();
     a.right = right.data();
     a.total = total.data();
+    a.mask = mask.data();
+    a.round = round.data();
     a.scale_f = scale_f.data();
     a.scale_d = scale_d.data();
     a.params = params.data();

@@ -13,8 +13,10 @@
 namespace qdrift::detail {
 
 // The output stage of one row of `channels` outputs, as per-channel arrays (all of length
-// `channels`). Fixed-point rules read multiplier/left/right (gemmlowp, ruy) or multiplier/total
-// (single: 31 - shift); xnnpack reads scale_f, double_rha scale_d; int64 the scalar `params`.
+// `channels`). Fixed-point rules read multiplier/left/right/mask (gemmlowp), multiplier/left/
+// right/round (ruy) or multiplier/total/round (single); xnnpack reads scale_f, double_rha
+// scale_d; int64 the scalar `params`. (Constants shifted by per-lane amounts are precomputed:
+// GCC 12 does not vectorize `int64_t{1} << v[i]`.)
 struct StageArrays {
   RequantMethod method = RequantMethod::kGemmlowp;
   const std::int32_t* base = nullptr;   // added (mod 2^32) to each sum before the rule
@@ -22,6 +24,8 @@ struct StageArrays {
   const std::int32_t* left = nullptr;    // max(shift, 0)
   const std::int32_t* right = nullptr;   // max(-shift, 0)
   const std::int32_t* total = nullptr;   // 31 - shift
+  const std::int32_t* mask = nullptr;    // gemmlowp: 2^right - 1
+  const std::int64_t* round = nullptr;   // single: 2^(total - 1); ruy: 2^right / 2 (0 when right == 0)
   const float* scale_f = nullptr;
   const double* scale_d = nullptr;
   const RequantParams* params = nullptr;
