@@ -24,6 +24,7 @@ void gemm(const std::int8_t*, std::size_t, std::size_t, const std::int8_t*, std:
           const std::int32_t*, std::int32_t*, std::size_t);
 void depthwise_tap(std::int32_t*, const std::int8_t*, const std::int8_t*, std::size_t, std::size_t, std::int32_t);
 void requantize_row(const std::int32_t*, std::size_t, const StageArrays&, std::int8_t*);
+void row_sums(const std::int8_t*, std::size_t, std::size_t, std::int32_t*, std::int32_t*);
 }  // namespace baseline
 #if QDRIFT_X86_ISAS
 namespace avx2 {
@@ -31,25 +32,27 @@ void gemm(const std::int8_t*, std::size_t, std::size_t, const std::int8_t*, std:
           const std::int32_t*, std::int32_t*, std::size_t);
 void depthwise_tap(std::int32_t*, const std::int8_t*, const std::int8_t*, std::size_t, std::size_t, std::int32_t);
 void requantize_row(const std::int32_t*, std::size_t, const StageArrays&, std::int8_t*);
+void row_sums(const std::int8_t*, std::size_t, std::size_t, std::int32_t*, std::int32_t*);
 }  // namespace avx2
 namespace avx512 {
 void gemm(const std::int8_t*, std::size_t, std::size_t, const std::int8_t*, std::size_t, std::size_t,
           const std::int32_t*, std::int32_t*, std::size_t);
 void depthwise_tap(std::int32_t*, const std::int8_t*, const std::int8_t*, std::size_t, std::size_t, std::int32_t);
 void requantize_row(const std::int32_t*, std::size_t, const StageArrays&, std::int8_t*);
+void row_sums(const std::int8_t*, std::size_t, std::size_t, std::int32_t*, std::int32_t*);
 }  // namespace avx512
 #endif
 
 const std::vector<Int8Kernels>& available_int8_kernels() {
   static const std::vector<Int8Kernels> kernels = [] {
-    std::vector<Int8Kernels> k{{"baseline", &baseline::gemm, &baseline::depthwise_tap, &baseline::requantize_row}};
+    std::vector<Int8Kernels> k{{"baseline", &baseline::gemm, &baseline::depthwise_tap, &baseline::requantize_row, &baseline::row_sums}};
 #if QDRIFT_X86_ISAS
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) k.push_back({"avx2", &avx2::gemm, &avx2::depthwise_tap, &avx2::requantize_row});
+    if (__builtin_cpu_supports("avx2")) k.push_back({"avx2", &avx2::gemm, &avx2::depthwise_tap, &avx2::requantize_row, &avx2::row_sums});
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vnni"))
-      k.push_back({"avx512_vnni", &avx512::gemm, &avx512::depthwise_tap, &avx512::requantize_row});
+      k.push_back({"avx512_vnni", &avx512::gemm, &avx512::depthwise_tap, &avx512::requantize_row, &avx512::row_sums});
 #endif
     return k;
   }();
@@ -128,35 +131,31 @@ struct Stage {
   }
 };
 
-// True when every partial sum of every channel stays within int32: |bias| + d * sum|w| with
-// d = max |x - zp| over int8 x. abs_sum[o] = sum_i |w[o, i]|.
-bool sums_fit_int32(const std::vector<std::int64_t>& abs_sum, const std::int32_t* bias, std::int32_t zp) {
+// Row sums of the (rows, k) weights, and whether every partial sum of every channel stays
+// within int32: |bias| + d * sum|w| <= INT32_MAX with d = max |x - zp| over int8 x. The bound
+// with sum|w| <= 128 * depth is tried first; the absolute sums are only computed when it fails.
+bool weight_sums(const detail::Int8Kernels& k, const std::int8_t* w, std::size_t rows, std::size_t depth,
+                 const std::int32_t* bias, std::int32_t zp, std::vector<std::int32_t>* wsum) {
+  wsum->assign(rows, 0);
   const std::int64_t d = std::max(std::abs(-128 - std::int64_t{zp}), std::abs(127 - std::int64_t{zp}));
-  for (std::size_t o = 0; o < abs_sum.size(); ++o) {
+  std::int64_t max_bias = 0;
+  for (std::size_t o = 0; bias && o < rows; ++o) max_bias = std::max(max_bias, std::abs(std::int64_t{bias[o]}));
+  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
+  if (depth < (std::size_t{1} << 24) && 128 * static_cast<std::int64_t>(depth) <= (kMax - max_bias) / d) {
+    k.row_sums(w, rows, depth, wsum->data(), nullptr);
+    return true;
+  }
+  if (depth >= (std::size_t{1} << 24)) return false;   // int32 row sums would not be exact
+  std::vector<std::int32_t> abs_sum(rows);
+  k.row_sums(w, rows, depth, wsum->data(), abs_sum.data());
+  for (std::size_t o = 0; o < rows; ++o) {
     const std::int64_t b = bias ? std::abs(std::int64_t{bias[o]}) : 0;
-    if (abs_sum[o] > (std::numeric_limits<std::int32_t>::max() - b) / d) return false;
+    if (abs_sum[o] > (kMax - b) / d) return false;
   }
   return true;
 }
 
-// Row sums and absolute row sums of a (rows, k) int8 matrix.
-void row_sums(const std::int8_t* w, std::size_t rows, std::size_t k, std::vector<std::int32_t>* sum,
-              std::vector<std::int64_t>* abs_sum) {
-  sum->assign(rows, 0);
-  abs_sum->assign(rows, 0);
-  for (std::size_t o = 0; o < rows; ++o) {
-    std::int32_t s = 0, a = 0;   // |sum| <= 128 * k fits int32 for k < 2^24
-    for (std::size_t i = 0; i < k; ++i) {
-      const std::int32_t v = w[o * k + i];
-      s += v;
-      a += v < 0 ? -v : v;
-    }
-    (*sum)[o] = s;
-    (*abs_sum)[o] = a;
-  }
-}
-
-// base[o] = bias[o] - zp * wsum[o]; fits int32 whenever sums_fit_int32 holds.
+// base[o] = bias[o] - zp * wsum[o]; fits int32 whenever weight_sums returned true.
 void set_base(Stage* st, const std::int32_t* bias, std::int32_t zp, const std::vector<std::int32_t>& wsum) {
   for (std::size_t o = 0; o < st->base.size(); ++o)
     st->base[o] = static_cast<std::int32_t>((bias ? std::int64_t{bias[o]} : 0) - std::int64_t{zp} * wsum[o]);
@@ -165,10 +164,13 @@ void set_base(Stage* st, const std::int32_t* bias, std::int32_t zp, const std::v
 bool depthwise(const detail::Int8Kernels& k, const ConvGeometry& g, const std::int8_t* x, std::int32_t zp,
                const std::int8_t* filter, const std::int32_t* bias, const OutputStage& stage, std::int8_t* y) {
   // filter (KH, KW, 1, O): tap t's weights are the contiguous row filter[t * O : (t + 1) * O].
+  const std::int64_t d = std::max(std::abs(-128 - std::int64_t{zp}), std::abs(127 - std::int64_t{zp}));
   std::vector<std::int64_t> abs_sum(g.o, 0);
   for (std::size_t t = 0; t < g.kh * g.kw; ++t)
     for (std::size_t oc = 0; oc < g.o; ++oc) abs_sum[oc] += std::abs(filter[t * g.o + oc]);
-  if (!sums_fit_int32(abs_sum, bias, zp)) return false;
+  for (std::size_t oc = 0; oc < g.o; ++oc)
+    if (abs_sum[oc] > (std::numeric_limits<std::int32_t>::max() - (bias ? std::abs(std::int64_t{bias[oc]}) : 0)) / d)
+      return false;
   Stage st(stage, g.o);
   for (std::size_t oc = 0; oc < g.o; ++oc) st.base[oc] = bias ? bias[oc] : 0;
   const detail::StageArrays arrays = st.arrays(stage);
@@ -200,9 +202,7 @@ bool fully_connected_int8_with(const detail::Int8Kernels& k, const std::int8_t* 
                                const std::int32_t* bias, const OutputStage& stage, std::int8_t* y) {
   Stage st(stage, out);
   std::vector<std::int32_t> wsum;
-  std::vector<std::int64_t> abs_sum;
-  row_sums(filter, out, in, &wsum, &abs_sum);
-  if (!sums_fit_int32(abs_sum, bias, x_zero_point)) return false;
+  if (!weight_sums(k, filter, out, in, bias, x_zero_point, &wsum)) return false;
   set_base(&st, bias, x_zero_point, wsum);
   const detail::StageArrays arrays = st.arrays(stage);
   std::vector<std::int32_t> c(std::min(batch, kChunkRows) * out);
@@ -226,9 +226,7 @@ bool conv2d_int8_with(const detail::Int8Kernels& k, const ConvGeometry& g, const
   for (std::size_t i = 0; i < depth; ++i)
     for (std::size_t oc = 0; oc < g.o; ++oc) rows_w[oc * depth + i] = filter[i * g.o + oc];
   std::vector<std::int32_t> wsum;
-  std::vector<std::int64_t> abs_sum;
-  row_sums(rows_w.data(), g.o, depth, &wsum, &abs_sum);
-  if (!sums_fit_int32(abs_sum, bias, x_zero_point)) return false;
+  if (!weight_sums(k, rows_w.data(), g.o, depth, bias, x_zero_point, &wsum)) return false;
   Stage st(stage, g.o);
   set_base(&st, bias, x_zero_point, wsum);
   const detail::StageArrays arrays = st.arrays(stage);

@@ -40,6 +40,10 @@ using GemmKernel = void (*)(const std::int8_t* a, std::size_t rows, std::size_t 
 // acc[oc] += w[oc] * (x[oc / multiplier] - zp) for oc < channels (one tap of a depthwise conv).
 using DepthwiseTapKernel = void (*)(std::int32_t* acc, const std::int8_t* w, const std::int8_t* x,
                                     std::size_t channels, std::size_t multiplier, std::int32_t zp);
+// sum[o] = sum_i w[o * k + i]; abs_sum[o] = sum_i |w[o * k + i]| unless abs_sum is null
+// (int32: exact for k < 2^24).
+using RowSumsKernel = void (*)(const std::int8_t* w, std::size_t rows, std::size_t k, std::int32_t* sum,
+                               std::int32_t* abs_sum);
 // y[o] = output_stage(base[o] + sums[o]) for o < channels.
 using RequantRowKernel = void (*)(const std::int32_t* sums, std::size_t channels, const StageArrays& s, std::int8_t* y);
 
@@ -48,6 +52,7 @@ struct Int8Kernels {
   GemmKernel gemm;
   DepthwiseTapKernel depthwise_tap;
   RequantRowKernel requantize_row;
+  RowSumsKernel row_sums;
 };
 
 // The variants this binary has and this CPU runs, baseline first, best last.
