@@ -126,6 +126,13 @@ def test_fast_falls_back_where_int32_could_overflow(rng):
     ref, count = _core.fully_connected_int8(x, w, None, -128, path="reference", accumulator={}, **stage)
     fast, count_fast = _core.fully_connected_int8(x, w, None, -128, path="fast", accumulator={}, **stage)
     assert np.array_equal(fast, ref) and count == count_fast > 0
+    # Depth 70000 with weights in {-1, 0, 1}: the crude bound fails, the per-channel one holds,
+    # so the fast kernels run (and count no overflow).
+    x, w = int8(rng, (3, i)), rng.integers(-1, 2, (4, i)).astype(np.int8)
+    stage = dict(method="gemmlowp", m=np.int32(1 << 30), shift=np.int32(-6))   # x 2^-7: outputs spread over int8
+    y, count = _core.fully_connected_int8(x, w, None, 5, path="fast", accumulator={}, **stage)
+    assert count == 0 and np.array_equal(y, _core.fully_connected_int8(x, w, None, 5, path="reference", **stage))
+    assert len(np.unique(y)) > 20, y
     x, f = int8(rng, (1, 5, 5, 4)), int8(rng, (3, 3, 4, 2))
     for zp in (-300, 500):
         args = dict(padding="same", method="gemmlowp", m=np.int32(1 << 30), shift=np.int32(-10))
