@@ -132,7 +132,7 @@ def test_fast_falls_back_where_int32_could_overflow(rng):
     stage = dict(method="gemmlowp", m=np.int32(1 << 30), shift=np.int32(-6))   # x 2^-7: outputs spread over int8
     y, count = _core.fully_connected_int8(x, w, None, 5, path="fast", accumulator={}, **stage)
     assert count == 0 and np.array_equal(y, _core.fully_connected_int8(x, w, None, 5, path="reference", **stage))
-    assert len(np.unique(y)) > 20, y
+    assert len(np.unique(y)) > 6, y   # 12 outputs, not all saturated
     x, f = int8(rng, (1, 5, 5, 4)), int8(rng, (3, 3, 4, 2))
     for zp in (-300, 500):
         args = dict(padding="same", method="gemmlowp", m=np.int32(1 << 30), shift=np.int32(-10))
