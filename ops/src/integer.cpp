@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
-// Integer FULLY_CONNECTED and CONV_2D: the readable reference loops (int32 accumulators, as the
-// int8 kernels use; w * (x - zp) with |w| <= 127 cannot overflow below 2^16 taps).
+// Integer FULLY_CONNECTED and CONV_2D: the readable reference loops, summing into a modelled
+// accumulator (int32 with wrap by default, as the int8 kernels use; see AccumulatorSpec), and the
+// dispatch to the fast path (integer_fast.cpp), which gives the same bits.
 #include "qdrift/ops/integer.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "conv_index.h"
+#include "integer_fast.h"
 #include "qdrift/core/check.h"
 #include "qdrift/core/rounding.h"
 
@@ -21,11 +24,14 @@ std::vector<RequantParams> OutputStage::per_channel(std::size_t channels) const 
   QDRIFT_CHECK(real || shift.size() == multiplier.size(), ConfigError, "output stage: ", multiplier.size(),
                " multipliers but ", shift.size(), " shifts");
   QDRIFT_CHECK(act_min <= act_max, ConfigError, "output stage: act_min ", act_min, " > act_max ", act_max);
+  QDRIFT_CHECK(tail_from >= channels || requant_method_uses_real_scale(tail_method) == real, ConfigError,
+               "output stage: tail_method ", requant_method_name(tail_method), " and method ",
+               requant_method_name(method), " must both be fixed-point or both real-scale");
   std::vector<RequantParams> out(channels);
   for (std::size_t c = 0; c < channels; ++c) {
     RequantParams& p = out[c];
     const std::size_t i = given == 1 ? 0 : c;
-    p.method = method;
+    p.method = c >= tail_from ? tail_method : method;
     if (real) {
       p.scale = scale[i];
     } else {
@@ -40,28 +46,88 @@ std::vector<RequantParams> OutputStage::per_channel(std::size_t channels) const 
   return out;
 }
 
-void fully_connected_int8(const std::int8_t* x, std::size_t batch, std::size_t in, std::int32_t x_zero_point,
-                          const std::int8_t* filter, std::size_t out, const std::int32_t* bias,
-                          const OutputStage& stage, std::int8_t* y) {
+void validate(const AccumulatorSpec& a) {
+  QDRIFT_CHECK(a.bits >= 2 && a.bits <= 64, ConfigError, "accumulator: bits must be in [2, 64], got ", a.bits);
+}
+
+OverflowRule parse_overflow_rule(std::string_view name) {
+  if (name == "wrap") return OverflowRule::kWrap;
+  if (name == "saturate") return OverflowRule::kSaturate;
+  throw ConfigError("accumulator: unknown overflow rule '" + std::string(name) + "'; expected wrap or saturate");
+}
+
+namespace {
+
+// A `bits`-wide signed accumulator that counts every step whose exact result leaves its range
+// (see AccumulatorSpec). Values are held in int64; the 64-bit case detects overflow with the
+// compiler's checked addition and wraps through uint64.
+class ModelledAccumulator {
+ public:
+  ModelledAccumulator(const AccumulatorSpec& spec, std::uint64_t* overflows)
+      : bits_(spec.bits), saturate_(spec.on_overflow == OverflowRule::kSaturate), overflows_(overflows) {
+    validate(spec);
+    max_ = bits_ == 64 ? INT64_MAX : (std::int64_t{1} << (bits_ - 1)) - 1;
+    min_ = -max_ - 1;
+  }
+  void start(std::int64_t bias) {
+    value_ = 0;
+    add(bias);
+  }
+  void add(std::int64_t v) {
+    std::int64_t exact = 0;
+    bool out = false;
+    if (bits_ == 64) {
+      out = __builtin_add_overflow(value_, v, &exact);   // exact then holds the wrapped sum
+      if (out && saturate_) exact = v > 0 ? max_ : min_;
+    } else {
+      exact = value_ + v;   // |value_| < 2^62 and |v| < 2^32: no int64 overflow
+      out = exact < min_ || exact > max_;
+      if (out) exact = saturate_ ? (exact < min_ ? min_ : max_) : wrap(exact);
+    }
+    if (out) ++*overflows_;
+    value_ = exact;
+  }
+  std::int64_t value() const { return value_; }
+
+ private:
+  std::int64_t wrap(std::int64_t v) const {   // two's complement, modulo 2^bits
+    const std::uint64_t mask = (std::uint64_t{1} << bits_) - 1;
+    const std::uint64_t u = static_cast<std::uint64_t>(v) & mask;
+    return static_cast<std::int64_t>((u >> (bits_ - 1)) & 1 ? u | ~mask : u);
+  }
+  int bits_;
+  bool saturate_;
+  std::uint64_t* overflows_;
+  std::int64_t min_ = 0, max_ = 0, value_ = 0;
+};
+
+void fully_connected_int8_ref(const std::int8_t* x, std::size_t batch, std::size_t in, std::int32_t x_zero_point,
+                              const std::int8_t* filter, std::size_t out, const std::int32_t* bias,
+                              const OutputStage& stage, std::int8_t* y, const AccumulatorSpec& spec,
+                              std::uint64_t* overflows) {
   const std::vector<RequantParams> rq = stage.per_channel(out);
+  ModelledAccumulator acc(spec, overflows);
   for (std::size_t n = 0; n < batch; ++n)
     for (std::size_t o = 0; o < out; ++o) {
       // acc = bias[o] + sum_i filter[o, i] * (x[n, i] - zp_in)
-      std::int32_t acc = bias ? bias[o] : 0;
-      for (std::size_t i = 0; i < in; ++i) acc += filter[o * in + i] * (x[n * in + i] - x_zero_point);
-      y[n * out + o] = static_cast<std::int8_t>(requantize(acc, rq[o]));
+      acc.start(bias ? bias[o] : 0);
+      for (std::size_t i = 0; i < in; ++i)
+        acc.add(std::int64_t{filter[o * in + i]} * (x[n * in + i] - std::int64_t{x_zero_point}));
+      y[n * out + o] = static_cast<std::int8_t>(requantize(acc.value(), rq[o]));
     }
 }
 
-void conv2d_int8(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zero_point, const std::int8_t* filter,
-                 const std::int32_t* bias, const OutputStage& stage, std::int8_t* y) {
+void conv2d_int8_ref(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zero_point, const std::int8_t* filter,
+                     const std::int32_t* bias, const OutputStage& stage, std::int8_t* y, const AccumulatorSpec& spec,
+                     std::uint64_t* overflows) {
   const std::vector<RequantParams> rq = stage.per_channel(g.o);
+  ModelledAccumulator acc(spec, overflows);
   for (std::size_t n = 0; n < g.n; ++n)
     for (std::size_t oy = 0; oy < g.oh; ++oy)
       for (std::size_t ox = 0; ox < g.ow; ++ox)
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           const std::size_t group = oc / g.og();
-          std::int32_t acc = bias ? bias[oc] : 0;
+          acc.start(bias ? bias[oc] : 0);
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
             const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
             if (iy < 0) continue;   // padding: x == zp_in, adds 0
@@ -71,11 +137,37 @@ void conv2d_int8(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zer
               const std::int8_t* xp =
                   x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c + group * g.cg();
               for (std::size_t ic = 0; ic < g.cg(); ++ic)
-                acc += filter[((ky * g.kw + kx) * g.cg() + ic) * g.o + oc] * (xp[ic] - x_zero_point);
+                acc.add(std::int64_t{filter[((ky * g.kw + kx) * g.cg() + ic) * g.o + oc]} *
+                        (xp[ic] - std::int64_t{x_zero_point}));
             }
           }
-          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = static_cast<std::int8_t>(requantize(acc, rq[oc]));
+          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = static_cast<std::int8_t>(requantize(acc.value(), rq[oc]));
         }
+}
+
+}  // namespace
+
+void fully_connected_int8(const std::int8_t* x, std::size_t batch, std::size_t in, std::int32_t x_zero_point,
+                          const std::int8_t* filter, std::size_t out, const std::int32_t* bias,
+                          const OutputStage& stage, std::int8_t* y, Path path, const AccumulatorSpec& accumulator,
+                          std::uint64_t* overflows) {
+  std::uint64_t count = 0;
+  validate(accumulator);
+  const bool done = path == Path::kFast && accumulator.is_default() &&
+                    fast::fully_connected_int8(x, batch, in, x_zero_point, filter, out, bias, stage, y);
+  if (!done) fully_connected_int8_ref(x, batch, in, x_zero_point, filter, out, bias, stage, y, accumulator, &count);
+  if (overflows) *overflows = count;
+}
+
+void conv2d_int8(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zero_point, const std::int8_t* filter,
+                 const std::int32_t* bias, const OutputStage& stage, std::int8_t* y, Path path,
+                 const AccumulatorSpec& accumulator, std::uint64_t* overflows) {
+  std::uint64_t count = 0;
+  validate(accumulator);
+  const bool done = path == Path::kFast && accumulator.is_default() &&
+                    fast::conv2d_int8(g, x, x_zero_point, filter, bias, stage, y);
+  if (!done) conv2d_int8_ref(g, x, x_zero_point, filter, bias, stage, y, accumulator, &count);
+  if (overflows) *overflows = count;
 }
 
 void add_int8(AddKernel kernel, const std::int8_t* a, const std::int8_t* b, std::size_t n, float a_scale,

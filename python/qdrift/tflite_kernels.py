@@ -37,8 +37,10 @@ def activation_range(activation, output_scale, output_zero_point, kernels, qmin=
 
 
 def output_stage(op, kernels, input_scale, weight_scales, output_scale, output_zero_point, activation="linear",
-                 groups=1):
-    """Keyword arguments (method, m/shift or scale, zero_point, act_min, act_max) for one op."""
+                 groups=1, channels=None):
+    """Keyword arguments (method, m/shift or scale, zero_point, act_min, act_max, and for the
+    builtin depthwise tail_from/tail_method) for one op. channels: output channels (default: the
+    number of weight scales, as the converter writes per-channel scales)."""
     if kernels not in KERNEL_PATHS:
         raise _core.ConfigError(f"kernels: unknown path '{kernels}'; expected one of {', '.join(KERNEL_PATHS)}")
     s_w = np.atleast_1d(np.asarray(weight_scales, np.float32))
@@ -55,4 +57,10 @@ def output_stage(op, kernels, input_scale, weight_scales, output_scale, output_z
     method = "ruy" if kernels == "builtin" and (op == "fully_connected" or (op == "conv2d" and groups == 1)) \
         else "gemmlowp"
     ms, shifts = zip(*(_core.quantize_multiplier(float(v)) for v in exact))
-    return dict(stage, method=method, m=np.array(ms, np.int32), shift=np.array(shifts, np.int32))
+    stage = dict(stage, method=method, m=np.array(ms, np.int32), shift=np.array(shifts, np.int32))
+    if kernels == "builtin" and op == "depthwise":
+        # x86 builtin depthwise: 8-channel SIMD blocks round like ruy, the O % 8 channels left
+        # over use the scalar gemmlowp rule (measured against the interpreter).
+        out_channels = s_w.size if channels is None else channels
+        stage.update(method="ruy", tail_from=out_channels // 8 * 8, tail_method="gemmlowp")
+    return stage

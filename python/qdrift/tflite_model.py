@@ -91,9 +91,15 @@ class TFLiteModel:
         t = self.tensors[self.inputs[0]]
         return dict(shape=t.shape, dtype=t.dtype, scale=t.scale, zero_point=t.zero_point)
 
-    def run(self, x, kernels="reference", taps=False):
-        """The model's output for x; with taps=True, (output, {tensor name: value}) for every
-        tensor computed on the way (as LiteRT's experimental_preserve_all_tensors shows them)."""
+    def run(self, x, kernels="reference", taps=False, path="auto", accumulator=None):
+        """The model's output for x on one LiteRT kernel path.
+
+        taps=True: also {tensor name: value} for every tensor computed on the way (as LiteRT's
+        experimental_preserve_all_tensors shows them).
+        path: qdrift's kernels, "auto" | "fast" | "reference" (same bits).
+        accumulator=dict(bits=16, overflow="wrap" | "saturate") models the FC/conv accumulators
+        (default: int32 wrap, what the LiteRT kernels use) and adds {output tensor name: overflow
+        count}. The result is y, (y, taps), (y, overflows) or (y, taps, overflows)."""
         if kernels not in KERNEL_PATHS:
             raise _core.ConfigError(f"run: unknown kernels '{kernels}'; expected one of {', '.join(KERNEL_PATHS)}")
         first = self.tensors[self.inputs[0]]
@@ -104,18 +110,20 @@ class TFLiteModel:
             raise _core.ShapeError(f"run: the model's input is (batch, {', '.join(map(str, first.shape[1:]))}), "
                                    f"got {tuple(x.shape)}")
         values = {self.inputs[0]: np.ascontiguousarray(x)}
+        overflows = None if accumulator is None else {}
         for op in self.ops:
             if op.name == "UNPACK":
                 x = values[op.inputs[0]]
                 for k, out in enumerate(op.outputs):
                     values[out] = np.ascontiguousarray(np.take(x, k, axis=op.options["axis"]))
             elif op.name not in SHAPE_OPS:
-                values[op.outputs[0]] = self._run_op(op, values, kernels)
-        if taps:
-            return values[self.outputs[0]], {self.tensors[i].name: v for i, v in values.items()}
-        return values[self.outputs[0]]
+                values[op.outputs[0]] = self._run_op(op, values, kernels, path, accumulator, overflows)
+        y = values[self.outputs[0]]
+        extras = ({self.tensors[i].name: v for i, v in values.items()},) if taps else ()
+        extras += (overflows,) if overflows is not None else ()
+        return (y,) + extras if extras else y
 
-    def _run_op(self, op, values, kernels):
+    def _run_op(self, op, values, kernels, path="auto", accumulator=None, overflows=None):
         t_in, t_out = self.tensors[op.inputs[0]], self.tensors[op.outputs[0]]
         x = values[op.inputs[0]]
         if op.name == "QUANTIZE":
@@ -146,10 +154,19 @@ class TFLiteModel:
         if act is None:
             raise _core.UnsupportedError(f"run: fused activation {op.options['activation']} of {op.name} is not supported")
         zp_in = int(t_in.zero_point[0])
+        integer = dict(path=path) if accumulator is None else dict(path=path, accumulator=accumulator)
+
+        def counted(result):
+            if accumulator is None:
+                return result
+            overflows[t_out.name] = result[1]
+            return result[0]
+
         if op.name == "FULLY_CONNECTED":
             stage = output_stage("fully_connected", kernels, t_in.scale[0], w.scale, t_out.scale[0],
                                  int(t_out.zero_point[0]), act)
-            y = _core.fully_connected_int8(np.ascontiguousarray(x.reshape(-1, w.shape[1])), w.data, b, zp_in, **stage)
+            y = counted(_core.fully_connected_int8(np.ascontiguousarray(x.reshape(-1, w.shape[1])), w.data, b, zp_in,
+                                                   **stage, **integer))
             return y.reshape((x.shape[0],) + tuple(t_out.shape[1:])) if len(t_out.shape) > 1 else y
         if op.name == "CONV_2D":
             groups = x.shape[3] // w.shape[3]
@@ -161,8 +178,8 @@ class TFLiteModel:
             kind = "depthwise"
         stage = output_stage(kind, kernels, t_in.scale[0], w.scale, t_out.scale[0], int(t_out.zero_point[0]), act,
                              groups=groups)
-        return _core.conv2d_int8(x, f, b, zp_in, strides=op.options["strides"], padding=op.options["padding"],
-                                 dilation=op.options["dilation"], groups=groups, **stage)
+        return counted(_core.conv2d_int8(x, f, b, zp_in, strides=op.options["strides"], padding=op.options["padding"],
+                                         dilation=op.options["dilation"], groups=groups, **stage, **integer))
 
 
 def _quantize(x, scale, zero_point, kernels):

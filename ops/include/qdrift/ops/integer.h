@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "qdrift/core/fixed_point.h"
@@ -22,19 +23,47 @@ struct OutputStage {
   std::int32_t zero_point = 0;
   std::int32_t act_min = -128;
   std::int32_t act_max = 127;
+  // Channels from `tail_from` on use `tail_method` instead (same multiplier/shift or scale):
+  // LiteRT's x86 builtin DEPTHWISE_CONV_2D rounds its 8-channel SIMD blocks like ruy and the
+  // O % 8 channels left over with the scalar gemmlowp rule (measured against the interpreter).
+  std::size_t tail_from = SIZE_MAX;
+  RequantMethod tail_method = RequantMethod::kGemmlowp;
   // Validates sizes against `channels` and every channel's parameters; throws ConfigError.
   std::vector<RequantParams> per_channel(std::size_t channels) const;
 };
 
+// The accumulator the integer kernels sum into (issue #5). The default, int32 with wrap, is
+// what every LiteRT int8 kernel path uses. Overflow counting is defined on the reference order
+// (bias first, then one product per tap: i ascending for FC; ky, kx, ic for conv; padding taps
+// add nothing and are not counted): each step whose exact result leaves
+// [-2^(bits-1), 2^(bits-1) - 1] is one overflow; kWrap keeps the result modulo 2^bits, kSaturate
+// the nearest bound. Products are exact (int8 * (x - zp) needs 17 bits). Under wrap the final
+// sum is the same in any order; under saturate it depends on the order, which is the reference's.
+enum class OverflowRule : std::uint8_t { kWrap, kSaturate };
+struct AccumulatorSpec {
+  int bits = 32;                                  // 2..64
+  OverflowRule on_overflow = OverflowRule::kWrap;
+  bool is_default() const { return bits == 32 && on_overflow == OverflowRule::kWrap; }
+};
+void validate(const AccumulatorSpec& a);          // ConfigError unless 2 <= bits <= 64
+OverflowRule parse_overflow_rule(std::string_view name);   // "wrap" | "saturate"
+
+// Path::kFast (bit-identical to kReference) runs the blocked/SIMD kernels of integer_fast.cpp;
+// it falls back to the reference for a non-default accumulator or when the input zero point
+// or the weights could overflow int32 (then the sums are the reference's by construction).
+// `overflows` (optional) receives the number of accumulator overflows of this call.
+
 // x (N, I) int8, filter (O, I) int8 (TFLite layout), bias int32 (O) or null; y (N, O) int8.
 void fully_connected_int8(const std::int8_t* x, std::size_t batch, std::size_t in, std::int32_t x_zero_point,
                           const std::int8_t* filter, std::size_t out, const std::int32_t* bias,
-                          const OutputStage& stage, std::int8_t* y);
+                          const OutputStage& stage, std::int8_t* y, Path path = Path::kReference,
+                          const AccumulatorSpec& accumulator = {}, std::uint64_t* overflows = nullptr);
 
 // x NHWC int8; filter in qdrift's float layout (KH, KW, C/groups, O); padded taps contribute 0
 // (they equal x_zero_point); y (N, OH, OW, O) int8.
 void conv2d_int8(const ConvGeometry& g, const std::int8_t* x, std::int32_t x_zero_point, const std::int8_t* filter,
-                 const std::int32_t* bias, const OutputStage& stage, std::int8_t* y);
+                 const std::int32_t* bias, const OutputStage& stage, std::int8_t* y, Path path = Path::kReference,
+                 const AccumulatorSpec& accumulator = {}, std::uint64_t* overflows = nullptr);
 
 // int8 ADD (same shapes). kTflite: the reference/builtin kernel (inputs shifted left by 20,
 // each rescaled by its gemmlowp multiplier, summed, rescaled to the output).
