@@ -11,6 +11,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from ai_edge_litert import interpreter as litert  # noqa: E402
 
 import qdrift as qd  # noqa: E402
 from qdrift import _core  # noqa: E402
@@ -76,3 +77,139 @@ def outputs_on_every_path(flatbuffer, x):
         assert np.array_equal(ours, expected), (kernels, np.abs(ours.astype(np.float64) - expected).max())
         outs[kernels] = expected
     return outs
+
+
+def random_input(rng, shape, batch, int16_io):
+    if int16_io:
+        return rng.integers(-32768, 32768, (batch,) + shape).astype(np.int16)
+    return (rng.normal(size=(batch,) + shape) * rng.uniform(0.5, 1.5)).astype(np.float32)
+
+
+def stack_layers(rng, bias):
+    """Conv -> (depthwise: int64 only, LiteRT rejects int32-bias depthwise) -> Dense(tanh | sigmoid) -> Dense."""
+    shape = (int(rng.integers(4, 8)), int(rng.integers(4, 8)), int(rng.integers(1, 4)))
+    layers = [keras.layers.Conv2D(int(rng.integers(2, 5)), 3, padding="same", activation="relu")]
+    if bias == "int64":
+        layers.append(keras.layers.DepthwiseConv2D(3, strides=2, activation="relu6"))
+    layers += [keras.layers.Flatten(), keras.layers.Dense(int(rng.integers(2, 9)), activation=str(rng.choice(
+        ["tanh", "sigmoid"]))), keras.layers.Dense(3)]
+    return shape, layers
+
+
+MODELS_PER_CASE = 12
+CASES = [(kind, bias) for kind in ("dense", "conv", "depthwise", "rnn", "stack") for bias in ("int64", "int32")
+         if (kind, bias) != ("depthwise", "int32")]
+
+
+@pytest.mark.parametrize("kind,bias", CASES)
+def test_random_int16x8_models_equal_litert_on_every_path(rng, kind, bias):
+    """Random models (shapes, strides, padding, dilation, groups, fused RELU/RELU6, tanh/sigmoid,
+    unrolled SimpleRNN, batch 1-3), half with float input/output (QUANTIZE/DEQUANTIZE), half with
+    int16 input/output: qdrift equals LiteRT on each path, and XNNPACK equals builtin (it takes no
+    int16 op, so the default interpreter runs the builtin kernels)."""
+    for trial in range(MODELS_PER_CASE):
+        batch = int(rng.integers(1, 4))
+        if kind == "stack":
+            shape, layers = stack_layers(rng, bias)
+            km = keras.Sequential([keras.Input(shape), *layers])
+            km.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in km.get_weights()])
+        else:
+            shape, km = random_model(rng, kind, batch)
+        int16_io = trial % 2 == 1
+        calibration = rng.normal(size=(8 * batch,) + shape).astype(np.float32)
+        flatbuffer = convert_int16x8(km, calibration, bias=bias, int16_io=int16_io,
+                                     batch=batch if kind == "rnn" else 1)
+        x = random_input(rng, shape, batch, int16_io)
+        outs = outputs_on_every_path(flatbuffer, x)
+        assert np.array_equal(outs["xnnpack"], outs["builtin"]), (kind, bias, trial)
+
+
+def test_int32_bias_depthwise_is_rejected_by_litert_and_by_qdrift(rng):
+    """The converter writes an int32 bias for an int16 DEPTHWISE_CONV_2D when asked, but LiteRT's
+    Prepare accepts only int64 there; qdrift refuses the file the same way instead of guessing."""
+    km = keras.Sequential([keras.Input((5, 5, 2)), keras.layers.DepthwiseConv2D(3)])
+    flatbuffer = convert_int16x8(km, rng.normal(size=(4, 5, 5, 2)).astype(np.float32), bias="int32")
+    x = rng.normal(size=(1, 5, 5, 2)).astype(np.float32)
+    for kernels in RESOLVERS:
+        with pytest.raises(RuntimeError, match="bias->type != kTfLiteInt64"):
+            run_litert(flatbuffer, kernels, x)
+        with pytest.raises(qd.UnsupportedError, match="int32 bias"):
+            qd.from_tflite(flatbuffer).run(x, kernels=kernels)
+
+
+def cancelling_model(rng, kind):
+    """Weights whose columns sum to ~0, calibrated on near-constant inputs: the outputs are small,
+    so the output multipliers are large (right shifts of 1-3) and the rounding rules disagree often."""
+    if kind == "dense":
+        km = keras.Sequential([keras.Input((16,)), keras.layers.Dense(24)])
+        shape = (16,)
+    else:
+        groups = 2 if kind == "grouped" else 1
+        km = keras.Sequential([keras.Input((8, 8, 8)), keras.layers.Conv2D(12, 3, groups=groups)])
+        shape = (8, 8, 8)
+    w = rng.normal(0, 1, km.get_weights()[0].shape).astype(np.float32)
+    w -= w.mean(axis=tuple(range(w.ndim - 1)), keepdims=True)
+    km.set_weights([w, rng.normal(0, 0.01, km.get_weights()[1].shape).astype(np.float32)])
+
+    def sample(n):
+        base = rng.normal(size=(n,) + (1,) * len(shape))
+        return (base + 0.01 * rng.normal(size=(n,) + shape)).astype(np.float32)
+    return km, sample
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "grouped"])
+def test_which_paths_differ_on_the_same_file(rng, kind):
+    """Measured on ai-edge-litert 2.3: with int64 bias the reference and builtin paths agree bit
+    for bit (FC: RHA((double)acc * M) on both; conv: the 16-bit reduced multiplier on both); with
+    int32 bias the builtin FC and ungrouped conv run ruy (two round-half-up steps) while the
+    reference runs RHA in double (FC) or gemmlowp double rounding (conv); grouped conv falls back to
+    the reference kernel. XNNPACK equals builtin throughout."""
+    km, sample = cancelling_model(rng, kind)
+    for bias in ("int64", "int32"):
+        flatbuffer = convert_int16x8(km, sample(32), bias=bias, int16_io=True)
+        t_in = qd.from_tflite(flatbuffer).input_details
+        x = np.clip(np.round(sample(40) / t_in["scale"][0]), -32768, 32767).astype(np.int16)
+        outs = outputs_on_every_path(flatbuffer, x)
+        assert np.array_equal(outs["xnnpack"], outs["builtin"])
+        differ = int(np.sum(outs["reference"] != outs["builtin"]))
+        if bias == "int32" and kind != "grouped":
+            # 5-25% of the outputs with right shifts of 1-3 (a negative tie every 2^(n+1) values).
+            assert differ > outs["reference"].size // 50, (kind, bias, differ)
+        else:
+            assert differ == 0, (kind, bias, differ)
+
+
+def test_quantize_rounding_and_extremes(rng):
+    """float -> int16 QUANTIZE: the reference divides and rounds half away; the builtin kernel (NEON
+    code through NEON_2_SSE on x86) multiplies by f32(1/s) and rounds half to even in blocks of 8,
+    and divides in double with half-away rounding for the n % 8 tail. +inf, NaN and values beyond
+    int32 become INT32_MIN in the float->int conversion, so they quantize to -32768 on every path."""
+    km = keras.Sequential([keras.Input((13,)), keras.layers.Dense(13)])
+    flatbuffer = convert_int16x8(km, rng.normal(size=(8, 13)).astype(np.float32))
+    tm = qd.from_tflite(flatbuffer)
+    quantize = tm.ops[0]
+    scale = np.float32(tm.tensors[quantize.outputs[0]].scale[0])
+    # Exact ties k + 0.5 (RHA and RNE disagree on even k) at every position, plus random values.
+    ties = ((np.arange(-6, 7) + 0.5) * np.float64(scale)).astype(np.float32)
+    x = np.concatenate([np.tile(ties, (3, 1)), rng.normal(size=(200, 13)).astype(np.float32)])
+    x[0, :7] = [np.inf, -np.inf, np.nan, 1e10, -1e10, 3e4, 1e30]
+    codes = {}
+    for kernels in RESOLVERS:
+        it = litert.Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True,
+                                experimental_op_resolver_type=getattr(litert.OpResolverType, RESOLVERS[kernels]))
+        it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        expected = it.get_tensor(quantize.outputs[0])
+        ours = _core.quantize_int16(x, float(scale), 0, rule="reference" if kernels == "reference" else "neon_blocks")
+        assert np.array_equal(ours, expected), kernels
+        assert list(ours[0, :7]) == [-32768, -32768, -32768, -32768, -32768, 32767, -32768]
+        codes[kernels] = ours
+    x[0, :7] = 0   # the FC's int64 sums stay in range once the extremes are gone
+    outputs_on_every_path(flatbuffer, x)   # end to end, with the QUANTIZE inside
+    assert np.array_equal(codes["builtin"], codes["xnnpack"])
+    flat_ref, flat_builtin = codes["reference"].ravel(), codes["builtin"].ravel()
+    blocked = np.arange(flat_ref.size) < flat_ref.size - flat_ref.size % 8
+    assert np.any(flat_ref[blocked] != flat_builtin[blocked])          # RNE vs RHA on ties in the blocks
+    assert np.array_equal(flat_ref[~blocked], flat_builtin[~blocked])  # the tail rounds half away too
