@@ -213,3 +213,43 @@ def test_quantize_rounding_and_extremes(rng):
     blocked = np.arange(flat_ref.size) < flat_ref.size - flat_ref.size % 8
     assert np.any(flat_ref[blocked] != flat_builtin[blocked])          # RNE vs RHA on ties in the blocks
     assert np.array_equal(flat_ref[~blocked], flat_builtin[~blocked])  # the tail rounds half away too
+
+
+@pytest.mark.parametrize("function", ["tanh", "sigmoid"])
+def test_tanh_and_logistic_every_int16_input(rng, function):
+    """All 65536 int16 inputs through a lone TANH / LOGISTIC: both TFLite kernels run the
+    interpolated sigmoid table of reference_integer_ops (not the gemmlowp fixed-point reference,
+    not LUTPopulateInt16), for any input scale that is not a power of two. A power-of-two input
+    scale takes the table with multiplier 3 << shift on the reference path, and gemmlowp fixed
+    point on the builtin path, which qdrift refuses to guess. "Power of two" is CheckedLog2's
+    1e-3 tolerance in log2, so a calibrated range of exactly +-8.0 (scale 8/32767, 0.003% above
+    2^-12) counts, and so does +-16.0 for tanh (its shift may be 0 or 1; logistic's only 0)."""
+    x = np.arange(-32768, 32768, dtype=np.int16).reshape(1, -1)
+    km = keras.Sequential([keras.Input((x.size,)), keras.layers.Activation(function)])
+    pot_limits = (8.0, 32767 / 4096, 16.0) if function == "tanh" else (8.0, 32767 / 4096)
+    for limit in (0.3, 2.5, float(rng.uniform(1, 7.9)), 16.0, *pot_limits):
+        calibration = rng.uniform(-limit, limit, (3, x.size)).astype(np.float32)
+        calibration[0, 0] = limit            # the calibrated range is exactly [-limit, limit]
+        flatbuffer = convert_int16x8(km, calibration, int16_io=True)
+        tm = qd.from_tflite(flatbuffer)
+        scale = float(tm.input_details["scale"][0])
+        power_of_two = _core.int16_table_input("tanh" if function == "tanh" else "logistic", scale)[2]
+        assert power_of_two == (limit in pot_limits), (limit, scale)
+        if not power_of_two:
+            outputs_on_every_path(flatbuffer, x)
+            continue
+        _, expected = run_litert(flatbuffer, "reference", x)
+        assert np.array_equal(tm.run(x, kernels="reference"), expected)
+        _, builtin = run_litert(flatbuffer, "builtin", x)
+        assert np.sum(builtin != expected) > 0   # the builtin kernel really computes something else
+        with pytest.raises(qd.UnsupportedError, match="power-of-two"):
+            tm.run(x, kernels="builtin")
+
+
+def test_sigmoid_table_is_sigmoid():
+    """LiteRT's table holds sigmoid(i / 24) in 0.16 fixed point, tuned within 1.2 LSB (it is not any
+    one rounding of the formula: round-half-up misses 44 of the 256 entries)."""
+    table = _core.sigmoid_table_uint16().astype(np.float64)
+    exact = 65536 / (1 + np.exp(-np.arange(256) / 24))
+    assert np.abs(table - exact).max() < 1.2
+    assert table[0] == 32768 and table[-1] == 65535 and np.all(np.diff(table) >= 0)
