@@ -253,3 +253,31 @@ def test_sigmoid_table_is_sigmoid():
     exact = 65536 / (1 + np.exp(-np.arange(256) / 24))
     assert np.abs(table - exact).max() < 1.2
     assert table[0] == 32768 and table[-1] == 65535 and np.all(np.diff(table) >= 0)
+
+
+def test_canonical_examples(rng):
+    """DESIGN.md's three examples under int16x8, calibrated on a few random inputs: Dense(1) with
+    kernel 1.5 on 2.0, an all-ones 3x3 conv on a 5x5 image of ones, and SimpleRNN(4) all-ones over
+    5 steps of ones (unrolled: FC, FC, ADD, TANH per step). qdrift equals LiteRT on every path,
+    with int64 and int32 bias. Calibrated on the random inputs alone, the dense input 2.0 lies
+    beyond the calibrated range and saturates (the answer is 1.5 * max(calibration), not 3.0);
+    with the example input in the calibration set, the results are within int16 rounding of float."""
+    dense = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    dense.set_weights([np.array([[1.5]], np.float32)])
+    conv = keras.Sequential([keras.Input((5, 5, 1)), keras.layers.Conv2D(1, 3, use_bias=False)])
+    conv.set_weights([np.ones((3, 3, 1, 1), np.float32)])
+    rnn = keras.Sequential([keras.Input((5, 1), batch_size=1),
+                            keras.layers.SimpleRNN(4, use_bias=False, unroll=True)])
+    rnn.set_weights([np.ones((1, 4), np.float32), np.ones((4, 4), np.float32)])
+    for km, x in ((dense, np.array([[2.0]], np.float32)), (conv, np.ones((1, 5, 5, 1), np.float32)),
+                  (rnn, np.ones((1, 5, 1), np.float32))):
+        random_calibration = rng.uniform(0, 1.5, (4,) + x.shape[1:]).astype(np.float32)
+        for bias in ("int64", "int32"):
+            outs = outputs_on_every_path(convert_int16x8(km, random_calibration, bias=bias), x)
+            if km is dense:   # saturated at the calibrated maximum, to int16 rounding
+                assert abs(float(outs["reference"][0, 0]) - 1.5 * random_calibration.max()) < 1e-3
+            outs = outputs_on_every_path(convert_int16x8(km, np.concatenate([random_calibration, x]), bias=bias), x)
+            # Float answers 3.0, 9.0, ~1.0: each of input, weight and output rounding is at most
+            # half a step of range / 32767 (weights: range / 127), so 1e-3 relative covers them.
+            assert np.allclose(outs["reference"], np.asarray(km(x)), rtol=1e-3, atol=1e-4), \
+                (km.name, bias, outs["reference"].ravel()[:4])
