@@ -281,3 +281,24 @@ def test_canonical_examples(rng):
             # half a step of range / 32767 (weights: range / 127), so 1e-3 relative covers them.
             assert np.allclose(outs["reference"], np.asarray(km(x)), rtol=1e-3, atol=1e-4), \
                 (km.name, bias, outs["reference"].ravel()[:4])
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "grouped"])
+def test_per_tensor_weights(rng, kind):
+    """_experimental_disable_per_channel: one weight scale (the builtin per-tensor FC multiplier
+    uses the float32 product s_in * s_w); bit-exact on every path with both bias types.
+    (Per-tensor int16x8 depthwise does not convert: the old quantizer fails on its axis 3.)"""
+    km, sample = cancelling_model(rng, kind)
+    for bias in ("int64", "int32"):
+        conv = tf.lite.TFLiteConverter.from_keras_model(km)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        calibration = sample(16)
+        conv.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        conv._experimental_disable_per_channel = True
+        if bias == "int32":
+            conv._experimental_full_integer_quantization_bias_type = tf.int32
+        flatbuffer = conv.convert()
+        tm = qd.from_tflite(flatbuffer)
+        assert all(t.scale.size == 1 for t in tm.tensors if t.dtype == np.int8)
+        outputs_on_every_path(flatbuffer, sample(20))
