@@ -124,7 +124,7 @@ class TFLiteModel:
         if op.name == "QUANTIZE":
             return _quantize(x, float(t_out.scale[0]), int(t_out.zero_point[0]), kernels)
         if op.name == "DEQUANTIZE":
-            return ((x.astype(np.int32) - int(t_in.zero_point[0])).astype(np.float32) * f32(t_in.scale[0])).astype(np.float32)
+            return _dequantize(x, f32(t_in.scale[0]), int(t_in.zero_point[0]), kernels)
         if op.name == "RESHAPE":
             # The file's static shape, unless the batch changed at run time (then keep the batch).
             shape = t_out.shape if int(np.prod(t_out.shape)) == x.size else (x.shape[0],) + tuple(t_out.shape[1:])
@@ -169,14 +169,40 @@ class TFLiteModel:
 
 
 def _quantize(x, scale, zero_point, kernels):
-    """float32 -> int8 as each path's QUANTIZE kernel rounds (tflite-semantics.md §7)."""
+    """float32 -> int8 as each path's QUANTIZE kernel rounds (tflite-semantics.md §7). The builtin
+    kernel is LiteRT's NEON code (NEON_2_SSE on x86): whole blocks of 8 of the flat tensor multiply
+    by f32(1 / (double)s) and round half to even, the n % 8 tail divides in double and rounds half
+    away. The TFLite kernels' float -> int32 conversion gives INT32_MIN for NaN and for codes
+    beyond int32, and adding a negative zero point to it wraps: such inputs give -128 or 127."""
     x = np.asarray(x, np.float32)
     if kernels == "xnnpack":
         q = np.rint((x * (f32(1) / f32(scale))).astype(np.float32))        # ties to even
+        q = np.where(np.isnan(q), 127 - zero_point, q)    # its float clamp (minps) maps NaN to the top
+        return np.clip(q + zero_point, -128, 127).astype(np.int8)
+    if kernels == "builtin":
+        flat = x.ravel()
+        blocked = flat.size - flat.size % 8
+        q = np.concatenate([np.rint((flat[:blocked] * f32(1.0 / scale)).astype(np.float32)),
+                            round_half_away(flat[blocked:].astype(np.float64) / scale)]).reshape(x.shape)
     else:
-        v = (x / f32(scale)).astype(np.float32)
-        q = round_half_away(v)
-    return np.clip(q + zero_point, -128, 127).astype(np.int8)
+        q = round_half_away((x / f32(scale)).astype(np.float32))
+    with np.errstate(invalid="ignore"):
+        code = np.where(np.abs(q) < 2.0 ** 31, q, -(2.0 ** 31)).astype(np.int64)   # NaN fails the test too
+    code = (code + zero_point + 2 ** 31) % 2 ** 32 - 2 ** 31     # the int32 addition wraps (INT32_MIN - 30 > 0)
+    return np.clip(code, -128, 127).astype(np.int8)
+
+
+def _dequantize(x, scale, zero_point, kernels):
+    """int8 -> float32. The reference kernel and XNNPACK compute f32(s * (q - zp)); the builtin
+    kernel's NEON blocks of 8 compute f32(f32(q * s) + f32(-zp * s)), its tail the reference."""
+    y = ((x.astype(np.int32) - zero_point).astype(np.float32) * scale).astype(np.float32)
+    if kernels == "builtin" and zero_point != 0:
+        flat, out = x.ravel(), y.ravel()
+        blocked = flat.size - flat.size % 8
+        offset = f32(-zero_point * float(scale))
+        out[:blocked] = (flat[:blocked].astype(np.float32) * scale).astype(np.float32) + offset
+        y = out.reshape(x.shape)
+    return y
 
 
 def _check_shape_chains(ops):
