@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "conv_index.h"
 #include "qdrift/core/check.h"
@@ -90,6 +91,100 @@ std::uint32_t interpolate(std::uint32_t magnitude, int fraction_bits, std::uint3
 std::uint32_t magnitude_of(std::int32_t v) {
   return v < 0 ? 0u - static_cast<std::uint32_t>(v) : static_cast<std::uint32_t>(v);
 }
+
+
+// ---- gemmlowp's 16-bit fixed-point arithmetic (fixedpoint/fixedpoint.h, scalar int16 raw values).
+// A Qm value with m integer bits holds raw / 2^(15 - m). Additions wrap like int16 stores; a
+// product of Qa and Qb is Q(a+b) via the rounding doubling high multiply.
+namespace fixed16 {
+
+using Raw = std::int16_t;
+
+Raw wrap(int v) { return static_cast<Raw>(static_cast<std::uint16_t>(static_cast<unsigned>(v))); }
+Raw add(Raw a, Raw b) { return wrap(a + b); }
+Raw sub(Raw a, Raw b) { return wrap(a - b); }
+Raw neg(Raw a) { return wrap(-a); }
+
+// SaturatingRoundingDoublingHighMul: RHU(a * b / 2^15), saturating (-1) * (-1).
+Raw mul(Raw a, Raw b) {
+  if (a == b && a == std::numeric_limits<Raw>::min()) return std::numeric_limits<Raw>::max();
+  const std::int32_t ab = a * b;
+  const std::int32_t nudge = ab >= 0 ? (1 << 14) : (1 - (1 << 14));
+  return static_cast<Raw>((ab + nudge) / (1 << 15));   // truncating division: half up overall
+}
+
+// RoundingDivideByPOT: RHA(x / 2^e).
+Raw divide_by_pot(Raw x, int e) {
+  const int mask = (1 << e) - 1;
+  const int threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return static_cast<Raw>((x >> e) + ((x & mask) > threshold ? 1 : 0));
+}
+
+// SaturatingRoundingMultiplyByPOT: saturating left shift for e > 0, RHA right shift for e < 0.
+Raw multiply_by_pot(Raw x, int e) {
+  if (e < 0) return divide_by_pot(x, -e);
+  const int threshold = (1 << (15 - e)) - 1;
+  if (x > threshold) return std::numeric_limits<Raw>::max();
+  if (x < -threshold) return std::numeric_limits<Raw>::min();
+  return wrap(x * (1 << e));
+}
+
+Raw saturating_add(Raw a, Raw b) { return static_cast<Raw>(std::clamp(a + b, -32768, 32767)); }
+Raw rounding_half_sum(Raw a, Raw b) {
+  const int sum = a + b;
+  return static_cast<Raw>((sum + (sum >= 0 ? 1 : -1)) / 2);
+}
+// gemmlowp writes constants as Q0.31 (or Qm.31-m) int32 values; int16 keeps RHA(v / 2^16).
+Raw constant(std::int32_t v) { return static_cast<Raw>(rounding_divide_by_pot(v, 16)); }
+Raw one(int integer_bits) { return integer_bits == 0 ? Raw{32767} : static_cast<Raw>(1 << (15 - integer_bits)); }
+
+// exp(a) for a in [-1/4, 0), Q0 -> Q0: Taylor expansion around -1/8.
+Raw exp_on_quarter_interval(Raw a) {
+  const Raw exp_minus_eighth = constant(1895147668), one_third = constant(715827883);
+  const Raw x = add(a, Raw{1 << 12});   // a + 1/8
+  const Raw x2 = mul(x, x), x3 = mul(x2, x), x4 = mul(x2, x2);
+  const Raw series = multiply_by_pot(add(mul(add(multiply_by_pot(x4, -2), x3), one_third), x2), -1);
+  return saturating_add(exp_minus_eighth, mul(exp_minus_eighth, add(x, series)));
+}
+
+// exp(a) for a <= 0 in Q`integer_bits` -> Q0: the quarter-interval part times exp(-2^k) for each
+// set bit k of the remainder (the "barrel shifter").
+Raw exp_on_negative_values(Raw a, int integer_bits) {
+  const int fractional_bits = 15 - integer_bits;
+  const Raw quarter = static_cast<Raw>(1 << (fractional_bits - 2));
+  const Raw a_mod_quarter_minus_quarter = sub(static_cast<Raw>(a & sub(quarter, 1)), quarter);
+  Raw result = exp_on_quarter_interval(multiply_by_pot(a_mod_quarter_minus_quarter, integer_bits));
+  const Raw remainder = sub(a_mod_quarter_minus_quarter, a);
+  constexpr std::pair<int, std::int32_t> kExpOfMinusPowersOfTwo[] = {
+      {-2, 1672461947}, {-1, 1302514674}, {0, 790015084}, {1, 290630308}, {2, 39332535}, {3, 720401}, {4, 242}};
+  for (const auto& [exponent, multiplier] : kExpOfMinusPowersOfTwo)
+    if (integer_bits > exponent && (remainder & (1 << (fractional_bits + exponent))) != 0)
+      result = mul(result, constant(multiplier));
+  return a == 0 ? one(0) : result;
+}
+
+// Newton-Raphson for 1 / (1 + a), a in (0, 1): x approximates 1 / half_denominator in Q2.
+Raw reciprocal_of_half_denominator(Raw half_denominator) {
+  Raw x = add(constant(1515870810), mul(half_denominator, constant(-1010580540)));   // 48/17 - 32/17 d
+  for (int i = 0; i < 3; ++i) x = add(x, multiply_by_pot(mul(x, sub(one(2), mul(half_denominator, x))), 2));
+  return x;
+}
+
+Raw tanh_q3(Raw a) {   // Q3 -> Q0: (1 - exp(-2|a|)) / (1 + exp(-2|a|)), signed
+  const Raw n = a < 0 ? a : neg(a);
+  const Raw e = exp_on_negative_values(n, 4);   // exp(2n): the same raw read as Q4
+  const Raw t = multiply_by_pot(sub(reciprocal_of_half_denominator(rounding_half_sum(e, one(0))), one(2)), 2);
+  return a == 0 ? Raw{0} : (a < 0 ? neg(t) : t);
+}
+
+Raw logistic_q3(Raw a) {   // Q3 -> Q0: 1 / (1 + exp(-|a|)), mirrored for a < 0
+  const Raw magnitude = a > 0 ? a : neg(a);
+  const Raw e = exp_on_negative_values(neg(magnitude), 3);
+  const Raw positive = multiply_by_pot(reciprocal_of_half_denominator(rounding_half_sum(e, one(0))), 1);
+  return a == 0 ? constant(1 << 30) : (a > 0 ? positive : sub(one(0), positive));
+}
+
+}  // namespace fixed16
 
 }  // namespace
 
@@ -211,6 +306,16 @@ void logistic_int16(const Int16TableInput& p, const std::int16_t* x, std::size_t
 }
 
 const std::uint16_t* sigmoid_table_uint16() { return kSigmoidTable; }
+
+void tanh_int16_fixed_point(int input_left_shift, const std::int16_t* x, std::size_t n, std::int16_t* y) {
+  QDRIFT_CHECK(input_left_shift == 0 || input_left_shift == 1, ConfigError,
+               "tanh_int16_fixed_point: input_left_shift must be 0 or 1, got ", input_left_shift);
+  for (std::size_t i = 0; i < n; ++i) y[i] = fixed16::tanh_q3(fixed16::multiply_by_pot(x[i], input_left_shift));
+}
+
+void logistic_int16_fixed_point(const std::int16_t* x, std::size_t n, std::int16_t* y) {
+  for (std::size_t i = 0; i < n; ++i) y[i] = fixed16::logistic_q3(x[i]);
+}
 
 void quantize_int16(QuantizeRule rule, const float* x, std::size_t n, float scale, std::int32_t zero_point,
                     std::int16_t* y) {

@@ -182,6 +182,22 @@ void bind_integer16(py::module_& m) {
       "function"_a, "x"_a, "in_scale"_a,
       "int16 TANH / LOGISTIC (zero points 0, output scale 2^-15): the interpolated sigmoid table of LiteRT.");
 
+  m.def(
+      "fixed_point_int16",
+      [](const std::string& function, const py::handle& x, int input_left_shift) {
+        const qdrift::LutFunction f = table_function(function);
+        auto xi = array_in<std::int16_t>(x, "fixed_point_int16", "x");
+        QDRIFT_CHECK(f == qdrift::LutFunction::kTanh || input_left_shift == 0, qdrift::ConfigError,
+                     "fixed_point_int16: logistic takes input_left_shift 0, got ", input_left_shift);
+        auto y = array_out<std::int16_t>(xi.shape);
+        if (f == qdrift::LutFunction::kTanh)
+          qdrift::tanh_int16_fixed_point(input_left_shift, xi.data, xi.size(), y.mutable_data());
+        else qdrift::logistic_int16_fixed_point(xi.data, xi.size(), y.mutable_data());
+        return y;
+      },
+      "function"_a, "x"_a, "input_left_shift"_a = 0,
+      "int16 TANH / LOGISTIC of the builtin kernels for power-of-two input scales: gemmlowp fixed point, Q3.12 in.");
+
   m.def("sigmoid_table_uint16", [] {
     auto out = array_out<std::uint16_t>({256});
     std::copy(qdrift::sigmoid_table_uint16(), qdrift::sigmoid_table_uint16() + 256, out.mutable_data());

@@ -182,6 +182,26 @@ TEST_CASE("int16 TANH / LOGISTIC: input rescaling, fixed points and saturation")
     else qdrift::logistic_int16(r, all.data(), all.size(), out.data());
     for (std::size_t i = 1; i < out.size(); ++i) REQUIRE(out[i] >= out[i - 1]);
   }
+  // The builtin kernels' gemmlowp fixed point (power-of-two scales): Q3.12 in, Q0.15 out.
+  std::int16_t f[5];
+  qdrift::tanh_int16_fixed_point(0, x, 5, f);
+  CHECK(f[2] == 0);
+  CHECK(f[4] == 32767);   // tanh(8) rounds to 1 - 2^-15
+  qdrift::logistic_int16_fixed_point(x, 5, f);
+  CHECK(f[2] == 16384);
+  CHECK(f[0] >= 0);
+  CHECK(f[0] <= 12);      // logistic(-8) = 3.4e-4 = 11 / 32768
+  // Unlike the table, gemmlowp's 16-bit exp is not monotone: its 16-bit barrel-shifter constants
+  // make the output step back by up to 12 LSB where a remainder bit flips (LiteRT agrees, bit for
+  // bit, over all 65536 inputs: tests/python/test_int16x8.py). 602 such steps for tanh, shift 0.
+  qdrift::tanh_int16_fixed_point(0, all.data(), all.size(), out.data());
+  int steps_back = 0;
+  for (std::size_t i = 1; i < out.size(); ++i) {
+    REQUIRE(out[i] >= out[i - 1] - 12);
+    steps_back += out[i] < out[i - 1];
+  }
+  CHECK(steps_back == 602);
+  CHECK_THROWS_AS(qdrift::tanh_int16_fixed_point(2, x, 1, f), qdrift::ConfigError);
 }
 
 TEST_CASE("int16 QUANTIZE: ties by position, non-finite and out-of-range input") {

@@ -49,6 +49,11 @@ struct Int16TableInput {
 Int16TableInput int16_table_input(LutFunction f, float in_scale);
 void tanh_int16(const Int16TableInput& p, const std::int16_t* x, std::size_t n, std::int16_t* y);
 void logistic_int16(const Int16TableInput& p, const std::int16_t* x, std::size_t n, std::int16_t* y);
+// The builtin (optimized) kernels' path for a power-of-two input scale: gemmlowp's 16-bit
+// fixed-point tanh / logistic of the input read as Q3.12 (tanh doubles it first, saturating, when
+// input_left_shift is 1), output Q0.15.
+void tanh_int16_fixed_point(int input_left_shift, const std::int16_t* x, std::size_t n, std::int16_t* y);
+void logistic_int16_fixed_point(const std::int16_t* x, std::size_t n, std::int16_t* y);
 // The table itself, entry i = sigmoid(i / 24) * 65536 to within 1.2 (LiteRT's tuned constants).
 const std::uint16_t* sigmoid_table_uint16();
 
