@@ -298,3 +298,20 @@ def test_per_tensor_weights(rng, kind):
         tm = qd.from_tflite(flatbuffer)
         assert all(t.scale.size == 1 for t in tm.tensors if t.dtype == np.int8)
         outputs_on_every_path(flatbuffer, sample(20))
+
+
+def test_add_with_fused_relu_and_broadcasting(rng):
+    """int16 ADD (inputs << 15, gemmlowp rescaling; the converter writes pot_scale_int16 = false) with
+    a fused RELU / RELU6 (Keras Add + ReLU fuses) and a broadcast (batch, n) + (batch, 1) operand."""
+    fused = set()
+    for trial in range(6):
+        n = int(rng.integers(1, 40))
+        inp = keras.Input((n,))
+        s = keras.layers.Add()([keras.layers.Dense(n)(inp), keras.layers.Dense(n)(inp)])
+        s = [keras.layers.ReLU(), keras.layers.ReLU(6.0), keras.layers.Identity()][trial % 3](s)
+        km = keras.Model(inp, keras.layers.Add()([s, keras.layers.Dense(1)(inp)]))
+        km.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in km.get_weights()])
+        flatbuffer = convert_int16x8(km, rng.normal(size=(8, n)).astype(np.float32))
+        fused |= {op.options["activation"] for op in qd.from_tflite(flatbuffer).ops if op.name == "ADD"}
+        outputs_on_every_path(flatbuffer, (2 * rng.normal(size=(3, n))).astype(np.float32))
+    assert fused == {0, 1, 3}   # none, RELU, RELU6 all occurred
