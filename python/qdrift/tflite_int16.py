@@ -155,3 +155,24 @@ def _table(function, x, t_in, t_out, kernels):
     if power_of_two and kernels != "reference":    # the builtin kernel's gemmlowp fixed point
         return _core.fixed_point_int16(function, x, left_shift)
     return _core.table_int16(function, x, float(t_in.scale[0]))
+
+
+def _move_data(name, x, constants, t_out):
+    if any(c is None for c in constants):
+        raise _core.UnsupportedError(f"run: {name} with computed (non-constant) parameters is not supported")
+    if name == "TRANSPOSE":
+        return np.ascontiguousarray(np.transpose(x, constants[0]))
+    (bh, bw), ((top, bottom), (left, right)) = constants[0], constants[1]
+    n, c = x.shape[0], x.shape[3]
+    if name == "SPACE_TO_BATCH_ND":
+        # Pad with the zero point (real 0), then move each (i, j) phase of the block into its own
+        # batch slice: out[(i * bw + j) * N + n, y, x] = padded[n, y * bh + i, x * bw + j].
+        pad = int(t_out.zero_point[0]) if t_out.zero_point.size else 0
+        p = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=pad)
+        h, w = p.shape[1] // bh, p.shape[2] // bw
+        return np.ascontiguousarray(p.reshape(n, h, bh, w, bw, c).transpose(2, 4, 0, 1, 3, 5).reshape(bh * bw * n, h, w, c))
+    # BATCH_TO_SPACE_ND, the inverse, then crop.
+    n //= bh * bw
+    h, w = x.shape[1], x.shape[2]
+    y = x.reshape(bh, bw, n, h, w, c).transpose(2, 3, 0, 4, 1, 5).reshape(n, h * bh, w * bw, c)
+    return np.ascontiguousarray(y[:, top:h * bh - bottom, left:w * bw - right, :])

@@ -315,3 +315,19 @@ def test_add_with_fused_relu_and_broadcasting(rng):
         fused |= {op.options["activation"] for op in qd.from_tflite(flatbuffer).ops if op.name == "ADD"}
         outputs_on_every_path(flatbuffer, (2 * rng.normal(size=(3, n))).astype(np.float32))
     assert fused == {0, 1, 3}   # none, RELU, RELU6 all occurred
+
+
+def test_dilated_conv_data_movement_int16_and_int8(rng):
+    """A dilated Conv2D converts to SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND (the padding
+    moves into SPACE_TO_BATCH_ND, filled with the zero point). The data movement is the same for
+    any dtype, so int8 files with dilation run too."""
+    from test_from_tflite import convert as convert_int8
+    for trial in range(4):
+        km = keras.Sequential([keras.Input((9, 8, 3)), keras.layers.Conv2D(4, 3, dilation_rate=int(rng.integers(2, 4)),
+                                                                          padding=str(rng.choice(["same", "valid"])))])
+        km.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in km.get_weights()])
+        calibration = rng.normal(size=(8, 9, 8, 3)).astype(np.float32) + 0.5 * trial   # int8: zero point != 0
+        for flatbuffer in (convert_int16x8(km, calibration), convert_int8(km, calibration, False)):
+            names = [op.name for op in qd.from_tflite(flatbuffer).ops]
+            assert "SPACE_TO_BATCH_ND" in names and "BATCH_TO_SPACE_ND" in names
+            outputs_on_every_path(flatbuffer, rng.normal(size=(2, 9, 8, 3)).astype(np.float32))
