@@ -233,6 +233,8 @@ def test_tanh_and_logistic_every_int16_input(rng, function):
         flatbuffer = convert_int16x8(km, calibration, int16_io=True)
         tm = qd.from_tflite(flatbuffer)
         scale = float(tm.input_details["scale"][0])
+        # The converter's int16 activation scale, max(|min|, |max|) / 32767 (tflite-semantics.md §2.6).
+        assert scale == qd.tflite.activation_params_int16(float(calibration.min()), limit)[0], limit
         power_of_two = _core.int16_table_input("tanh" if function == "tanh" else "logistic", scale)[2]
         assert power_of_two == (limit in pot_limits), (limit, scale)
         if not power_of_two:
