@@ -2,7 +2,8 @@
 
 Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and RESHAPE with
 int8 activations, int8 weights and int32 biases (the full-integer profile). The file is read with
-the `tflite` package (flatbuffers bindings of the TFLite schema)."""
+the `tflite` package (flatbuffers bindings of the TFLite schema). Ops on int16 activations (the
+int16x8 profile) run through qdrift.tflite_int16."""
 from __future__ import annotations
 
 import os
@@ -10,14 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _core
+from . import _core, tflite_int16
 from .tflite_kernels import KERNEL_PATHS, activation_range, f32, output_stage, round_half_away
 
 _DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
            "UINT8": np.uint8}
 _ACTIVATIONS = {0: "linear", 1: "relu", 3: "relu6"}
 SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "ADD",
-                 "TANH", "LOGISTIC", "UNPACK")
+                 "TANH", "LOGISTIC", "UNPACK") + tflite_int16.DATA_OPS
 # Shape arithmetic the converter emits for a dynamic batch (Keras Flatten: SHAPE -> STRIDED_SLICE
 # -> PACK -> RESHAPE's shape input). qdrift reshapes to the output tensor's shape with the actual
 # batch, so these are skipped; they are accepted only when nothing but such a chain reads them.
@@ -61,11 +62,12 @@ def _options(tfl, op, name):
     if name == "FULLY_CONNECTED":
         o = tfl.FullyConnectedOptions()
         o.Init(table.Bytes, table.Pos)
-        return dict(activation=o.FusedActivationFunction(), keep_num_dims=o.KeepNumDims())
+        return dict(activation=o.FusedActivationFunction(), keep_num_dims=o.KeepNumDims(),
+                    quantized_bias_type=o.QuantizedBiasType())
     if name == "ADD":
         o = tfl.AddOptions()
         o.Init(table.Bytes, table.Pos)
-        return dict(activation=o.FusedActivationFunction())
+        return dict(activation=o.FusedActivationFunction(), pot_scale_int16=bool(o.PotScaleInt16()))
     if name == "UNPACK":
         o = tfl.UnpackOptions()
         o.Init(table.Bytes, table.Pos)
@@ -73,8 +75,11 @@ def _options(tfl, op, name):
     if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         o = tfl.Conv2DOptions() if name == "CONV_2D" else tfl.DepthwiseConv2DOptions()
         o.Init(table.Bytes, table.Pos)
-        return dict(activation=o.FusedActivationFunction(), padding="same" if o.Padding() == 0 else "valid",
-                    strides=(o.StrideH(), o.StrideW()), dilation=(o.DilationHFactor(), o.DilationWFactor()))
+        options = dict(activation=o.FusedActivationFunction(), padding="same" if o.Padding() == 0 else "valid",
+                       strides=(o.StrideH(), o.StrideW()), dilation=(o.DilationHFactor(), o.DilationWFactor()))
+        if name == "CONV_2D":
+            options["quantized_bias_type"] = o.QuantizedBiasType()
+        return options
     return {}
 
 
@@ -124,6 +129,8 @@ class TFLiteModel:
         return (y,) + extras if extras else y
 
     def _run_op(self, op, values, kernels, path="auto", accumulator=None, overflows=None):
+        if tflite_int16.handles(op, self.tensors):
+            return tflite_int16.run_op(op, self.tensors, values, kernels)
         t_in, t_out = self.tensors[op.inputs[0]], self.tensors[op.outputs[0]]
         x = values[op.inputs[0]]
         if op.name == "QUANTIZE":
@@ -183,14 +190,27 @@ class TFLiteModel:
 
 
 def _quantize(x, scale, zero_point, kernels):
-    """float32 -> int8 as each path's QUANTIZE kernel rounds (tflite-semantics.md §7)."""
+    """float32 -> int8 as each path's QUANTIZE kernel rounds (tflite-semantics.md §7). The builtin
+    kernel is LiteRT's NEON code (NEON_2_SSE on x86): whole blocks of 8 of the flat tensor multiply
+    by f32(1 / (double)s) and round half to even, the n % 8 tail divides in double and rounds half
+    away. The TFLite kernels' float -> int32 conversion gives INT32_MIN for NaN and for codes
+    beyond int32, and adding a negative zero point to it wraps: such inputs give -128 or 127."""
     x = np.asarray(x, np.float32)
     if kernels == "xnnpack":
         q = np.rint((x * (f32(1) / f32(scale))).astype(np.float32))        # ties to even
+        q = np.where(np.isnan(q), 127 - zero_point, q)    # its float clamp (minps) maps NaN to the top
+        return np.clip(q + zero_point, -128, 127).astype(np.int8)
+    if kernels == "builtin":
+        flat = x.ravel()
+        blocked = flat.size - flat.size % 8
+        q = np.concatenate([np.rint((flat[:blocked] * f32(1.0 / scale)).astype(np.float32)),
+                            round_half_away(flat[blocked:].astype(np.float64) / scale)]).reshape(x.shape)
     else:
-        v = (x / f32(scale)).astype(np.float32)
-        q = round_half_away(v)
-    return np.clip(q + zero_point, -128, 127).astype(np.int8)
+        q = round_half_away((x / f32(scale)).astype(np.float32))
+    with np.errstate(invalid="ignore"):
+        code = np.where(np.abs(q) < 2.0 ** 31, q, -(2.0 ** 31)).astype(np.int64)   # NaN fails the test too
+    code = (code + zero_point + 2 ** 31) % 2 ** 32 - 2 ** 31     # the int32 addition wraps (INT32_MIN - 30 > 0)
+    return np.clip(code, -128, 127).astype(np.int8)
 
 
 def _dequantize(x, scale, zero_point, kernels):

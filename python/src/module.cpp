@@ -14,6 +14,7 @@ void bind_integer(py::module_& m);
 void bind_backward(py::module_& m);
 void bind_analysis(py::module_& m);
 void bind_experiments(py::module_& m);
+void bind_integer16(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "qdrift C++ core (private). Import `qdrift`, not `qdrift._core`.";
@@ -27,5 +28,6 @@ PYBIND11_MODULE(_core, m) {
   bind_backward(m);
   bind_analysis(m);
   bind_experiments(m);
+  bind_integer16(m);
   m.attr("__version__") = QDRIFT_VERSION_STRING;
 }

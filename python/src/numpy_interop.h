@@ -24,6 +24,7 @@ template <> inline const char* dtype_name<std::int64_t>() { return "int64"; }
 template <> inline const char* dtype_name<std::uint16_t>() { return "uint16"; }
 template <> inline const char* dtype_name<std::uint8_t>() { return "uint8"; }
 template <> inline const char* dtype_name<std::int8_t>() { return "int8"; }
+template <> inline const char* dtype_name<std::int16_t>() { return "int16"; }
 
 inline Shape shape_of(const py::array& a) {
   Shape s(static_cast<std::size_t>(a.ndim()));
