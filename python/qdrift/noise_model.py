@@ -71,13 +71,30 @@ def noise_variance(q, values, what="quantizer"):
     return np.where((values >= lo) & (values <= hi), rounding, clipped)
 
 
-def _slope2(activation, z):
-    """f'(z)^2 at the float pre-activation z."""
+def _relu_gain(z, v):
+    """E[(relu(z + n) - relu(z))^2] / Var(n) for Gaussian n of variance v: the squared slope of
+    ReLU averaged over the noise. Near the kink (|z| ~ sigma) the clamp at 0 removes part of the
+    noise, which the local slope (1 or 0) misses. With a = z / sigma:
+      a >= 0:  Phi(a) - a phi(a) + a^2 (1 - Phi(a))      (noise below -z is cut to -z)
+      a <  0:  (1 + a^2) Phi(a) + a phi(a)               (only noise above |z| passes)"""
+    from math import erf, sqrt
+    z, v = np.asarray(z, np.float64), np.broadcast_to(np.asarray(v, np.float64), np.shape(z))
+    sigma = np.sqrt(v)
+    a = np.divide(z, sigma, out=np.where(z > 0, np.inf, -np.inf), where=sigma > 0)
+    af = np.where(np.isfinite(a), a, 0.0)
+    cdf = 0.5 * (1 + np.vectorize(erf, otypes=[np.float64])(af / sqrt(2))) if af.size else af
+    pdf = np.exp(-af * af / 2) / np.sqrt(2 * np.pi)
+    gain = np.where(af >= 0, cdf - af * pdf + af * af * (1 - cdf), (1 + af * af) * cdf + af * pdf)
+    return np.where(np.isfinite(a), gain, (z > 0).astype(np.float64))
+
+
+def _slope2(activation, z, v=None):
+    """f'(z)^2 at the float pre-activation z (for ReLU, averaged over the noise of variance v)."""
     z = np.asarray(z, np.float64)
     if activation == "linear":
         return np.ones(z.shape)
     if activation == "relu":
-        return (z > 0).astype(np.float64)
+        return (z > 0).astype(np.float64) if v is None else _relu_gain(z, v)
     if activation == "relu6":
         return ((z > 0) & (z < 6)).astype(np.float64)
     if activation == "tanh":
@@ -111,7 +128,8 @@ def _weighted(layer, q, x, v):
         out += _linear(layer, np.square(x), var_w)
     if bias is not None and q is not None and q.bias is not None:
         out += noise_variance(q.bias, bias, f"{layer.name}/bias")
-    return out, _linear(layer, x, kernel, bias)
+    # The fast conv kernels can leave -1e-19 where every term is >= 0: clamp before sqrt.
+    return np.maximum(out, 0.0), _linear(layer, x, kernel, bias)
 
 
 def _rnn(layer, q, x, v, states):
@@ -177,7 +195,7 @@ def predict(candidate, x, ref_taps):
                                                                    else None)
         if isinstance(layer, (Dense, Conv2D, DepthwiseConv2D)):
             lin, z = _weighted(layer, q, xin, v)
-            v = _slope2(layer.activation, z) * lin
+            v = _slope2(layer.activation, z, lin) * lin
         elif isinstance(layer, SimpleRNN):
             states = ref_taps[f"{layer.name}/states"]
             vs = _rnn(layer, q, xin, v, states)
@@ -188,7 +206,7 @@ def predict(candidate, x, ref_taps):
             w = layer.weights
             v = v * (w["gamma"].astype(np.float64) ** 2 / (w["moving_variance"].astype(np.float64) + layer.epsilon))
         elif isinstance(layer, Activation):
-            v = _slope2(layer.activation, xin) * v
+            v = _slope2(layer.activation, xin, v) * v
         elif isinstance(layer, (Flatten, Reshape)):
             v = v.reshape((v.shape[0],) + tuple(layer.output_shape))
         else:
