@@ -3,6 +3,7 @@ local == accumulated at RNN step 0, growth-law fits on synthetic curves, and the
 predictions against the measured error on CNN and RNN examples."""
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -291,8 +292,31 @@ class _TapsOnly:
 
 
 class _NoTaps:
+    """A candidate whose run() has no taps (qd.TFLiteModel before run(x, taps=True))."""
+
+    def __init__(self, model):
+        self.model = model
+
     def run(self, x):
-        return x
+        return self.model(x)
+
+
+class _IntTaps:
+    """Like a converted qd.TFLiteModel: int8 codes per tensor named after the layer, with each
+    tensor's scale and zero point in `tensors`; float output (DEQUANTIZE at the end)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.tensors = []
+        for layer in model.layers:
+            p = model.quant[layer.name].output.params
+            self.tensors.append(types.SimpleNamespace(name=layer.name, scale=np.array([p.scale], np.float32),
+                                                      zero_point=np.array([p.zero_point], np.int32)))
+
+    def run(self, x, taps=False):
+        y, t = self.model(x, taps=True)
+        codes = {l.name: self.model.quant[l.name].output.quantize(t[l.name]).astype(np.int8) for l in self.model.layers}
+        return (y, codes) if taps else y
 
 
 def test_candidate_with_run_taps(rng):
@@ -306,8 +330,27 @@ def test_candidate_with_run_taps(rng):
     assert set(r.timesteps["mode"]) == {"accumulated"}
     with pytest.raises(qd.UnsupportedError, match="need a qd.Sequential"):
         qd.compare(model, _TapsOnly(qm), x, attribution=True)
-    with pytest.raises(qd.UnsupportedError, match="cannot run with taps"):
-        qd.compare(model, _NoTaps(), x)
+    out_only = qd.compare(model, _NoTaps(qm), x)
+    assert list(out_only.layers["layer"]) == ["dense_1"]
+    assert out_only.layers["mse"].iloc[0] == direct.layers.set_index("layer").loc["dense_1", "mse"]
+
+
+def test_candidate_with_integer_taps(rng):
+    model = rnn_model()
+    x = rng.normal(size=(8, 16, 6)).astype(np.float32)
+    qm = model.quantize(config(8), calibration=x)
+    r = qd.compare(model, _IntTaps(qm), x)
+    direct = qd.compare(model, qm, x, isolated=False)
+    got = r.layers.set_index("layer")["mse"]
+    want = direct.layers.set_index("layer")["mse"]
+    for name in ("simple_rnn_0", "dense_1"):
+        # Dequantized in float64 vs fake-quantized in float32: a float32 rounding of each value apart.
+        assert got[name] == pytest.approx(want[name], rel=1e-5), name
+    # Code differences against the reference quantized the same way (ties at .5 have probability 0).
+    for name in ("simple_rnn_0", "dense_1"):
+        a = r.lsb[r.lsb["layer"] == name].set_index("diff")["count"]
+        b = direct.lsb[direct.lsb["layer"] == name].set_index("diff")["count"]
+        assert a.to_dict() == b.to_dict(), name
 
 
 def test_lsb_rows_cover_every_element(rng):
