@@ -4,6 +4,7 @@ C++ kernels in analysis/ (one pass, double sums)."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -226,11 +227,36 @@ def _run_with_taps(model, x, what):
             scale, zp = quant[name]
             floats[name] = _f32(scale * (v.astype(np.float64) - zp))
             codes[name] = (v, scale, zp)
+    _assemble_tflite_taps(floats, codes)
     y = np.asarray(y)
     if y.dtype.kind != "f":
         raise _core.UnsupportedError(f"compare: the {what}'s output is {y.dtype}; end the model with DEQUANTIZE "
                                      f"(a float output) to compare it")
     return _f32(y), floats, codes
+
+
+def _assemble_tflite_taps(floats, codes):
+    """Name converted-graph tensors like the Sequential's taps: the quantized input "input/quantized"
+    stands for "input" (the float input itself has no error), and the unrolled RNN's per-step states
+    "<rnn>/step<t>/state" stack into "<rnn>/states" (batch, time, units); the last step's state is
+    the layer's output tensor "<rnn>" when no step tensor holds it."""
+    for name in [k for k in floats if k.endswith("/quantized")]:
+        base = name[:-len("/quantized")]
+        if base in floats and floats[base].shape == floats[name].shape:
+            floats[base] = floats[name]
+            if name in codes:
+                codes[base] = codes[name]
+    steps = {}
+    for name, v in floats.items():
+        m = re.fullmatch(r"(.+)/step(\d+)/state", name)
+        if m:
+            steps.setdefault(m.group(1), {})[int(m.group(2))] = v
+    for rnn, by_step in steps.items():
+        last = max(by_step) + 1
+        if rnn in floats and floats[rnn].shape == by_step[0].shape:
+            by_step.setdefault(last, floats[rnn])
+        if sorted(by_step) == list(range(len(by_step))):
+            floats[f"{rnn}/states"] = np.ascontiguousarray(np.stack([by_step[t] for t in sorted(by_step)], axis=1))
 
 
 def _reference_codes(ref, codes, scale, zp):
@@ -353,12 +379,13 @@ def compare(reference, candidate, x, isolated=True, attribution=False, predict=F
 
     lsb_rows = []
     if seq:
-        for layer in candidate.layers:
-            q = candidate.quant.get(layer.name)
-            name = _tap_name(layer)
-            if q is None or not getattr(q.output, "observes", False) or name not in ref_taps:
+        points = [("input", candidate.input_quantizer)] + [
+            (_tap_name(l), candidate.quant[l.name].output if l.name in candidate.quant else None)
+            for l in candidate.layers]
+        for name, q in points:
+            if not getattr(q, "observes", False) or name not in ref_taps:
                 continue
-            hist = lsb_histogram(q.output.quantize(_f32(ref_taps[name])), q.output.quantize(_f32(cand_taps[name])))
+            hist = lsb_histogram(q.quantize(_f32(ref_taps[name])), q.quantize(_f32(cand_taps[name])))
             lsb_rows += [dict(layer=name, mode="accumulated", diff=d, count=c) for d, c in hist.items()]
 
     for name, (codes, scale, zp) in cand_codes.items():

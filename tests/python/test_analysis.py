@@ -302,20 +302,32 @@ class _NoTaps:
 
 
 class _IntTaps:
-    """Like a converted qd.TFLiteModel: int8 codes per tensor named after the layer, with each
-    tensor's scale and zero point in `tensors`; float output (DEQUANTIZE at the end)."""
+    """Like a converted qd.TFLiteModel (qd.convert's tensor names): the float "input", its int8
+    codes "input/quantized", int8 codes per layer output and per unrolled RNN step
+    "<rnn>/step<t>/state" (the last step's state is the layer's output tensor), with each tensor's
+    scale and zero point in `tensors`; a float output (DEQUANTIZE at the end)."""
 
     def __init__(self, model):
-        self.model = model
+        self.model, self.rnn = model, model.layers[0].name
+        self.points = {"input/quantized": model.input_quantizer, self.rnn + "/step{t}/state": model.quant[self.rnn].state}
+        self.points.update({l.name: model.quant[l.name].output for l in model.layers})
         self.tensors = []
-        for layer in model.layers:
-            p = model.quant[layer.name].output.params
-            self.tensors.append(types.SimpleNamespace(name=layer.name, scale=np.array([p.scale], np.float32),
-                                                      zero_point=np.array([p.zero_point], np.int32)))
+        for name, q in self.points.items():
+            p = q.params
+            for t in range(model.input_shape[0]) if "{t}" in name else [None]:
+                self.tensors.append(types.SimpleNamespace(name=name.format(t=t), scale=np.array([p.scale], np.float32),
+                                                          zero_point=np.array([p.zero_point], np.int32)))
 
     def run(self, x, taps=False):
         y, t = self.model(x, taps=True)
-        codes = {l.name: self.model.quant[l.name].output.quantize(t[l.name]).astype(np.int8) for l in self.model.layers}
+        codes = {"input": x}
+        for name, q in self.points.items():
+            if "{t}" in name:   # every step but the last, which is the layer's output
+                for step in range(x.shape[1] - 1):
+                    codes[name.format(t=step)] = q.quantize(np.ascontiguousarray(t[self.rnn + "/states"][:, step]))
+            else:
+                codes[name] = q.quantize(t[name.replace("/quantized", "")])
+        codes = {k: v.astype(np.int8) if v.dtype == np.int32 else v for k, v in codes.items()}
         return (y, codes) if taps else y
 
 
@@ -336,18 +348,27 @@ def test_candidate_with_run_taps(rng):
 
 
 def test_candidate_with_integer_taps(rng):
-    model = rnn_model()
+    # The RNN returns its last state (what qd.convert unrolls); state and output quantizers share
+    # one spec, so the last state's codes are the layer output's.
+    model = qd.Sequential([qd.layers.SimpleRNN(24), qd.layers.Dense(4)], input_shape=(16, 6), seed=1)
     x = rng.normal(size=(8, 16, 6)).astype(np.float32)
     qm = model.quantize(config(8), calibration=x)
     r = qd.compare(model, _IntTaps(qm), x)
     direct = qd.compare(model, qm, x, isolated=False)
     got = r.layers.set_index("layer")["mse"]
     want = direct.layers.set_index("layer")["mse"]
-    for name in ("simple_rnn_0", "dense_1"):
+    assert set(got.index) == {"input", "simple_rnn_0/states", "simple_rnn_0", "dense_1"}
+    acc = lambda rep: rep.timesteps[(rep.timesteps["layer"] == "simple_rnn_0/states")
+                                    & (rep.timesteps["mode"] == "accumulated")]["mse"].to_numpy()
+    # The last step comes from the layer output's codes (output quantizer calibrated on the last
+    # state only, a finer grid than the state quantizer's): compare the steps before it.
+    assert np.allclose(acc(r)[:-1], acc(direct)[:-1], rtol=1e-5), (acc(r), acc(direct))
+    assert len(r.growth) == 3
+    for name in ("input", "simple_rnn_0", "dense_1"):
         # Dequantized in float64 vs fake-quantized in float32: a float32 rounding of each value apart.
         assert got[name] == pytest.approx(want[name], rel=1e-5), name
     # Code differences against the reference quantized the same way (ties at .5 have probability 0).
-    for name in ("simple_rnn_0", "dense_1"):
+    for name in ("input", "simple_rnn_0", "dense_1"):
         a = r.lsb[r.lsb["layer"] == name].set_index("diff")["count"]
         b = direct.lsb[direct.lsb["layer"] == name].set_index("diff")["count"]
         assert a.to_dict() == b.to_dict(), name
