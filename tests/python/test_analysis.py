@@ -96,6 +96,8 @@ def test_lsb_histogram_matches_numpy(rng):
     assert analysis.lsb_histogram(ref, cand, max_diff=4) == want
     with pytest.raises(qd.ConfigError, match="max_diff"):
         analysis.lsb_histogram(ref, cand, max_diff=-1)
+    with pytest.raises(qd.ConfigError, match="max_diff must be in"):
+        analysis.lsb_histogram(ref, cand, max_diff=2**31 - 1)
 
 
 def test_count_outside_matches_numpy(rng):
