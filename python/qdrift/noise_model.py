@@ -6,7 +6,8 @@ Per element, a quantizer with step D (per tensor or per channel) and range [lo, 
   D^2/12   in range, round-to-nearest (D^2/6 stochastic, D^2/3 floor: the second moment of the
            rounding error), and 0 for exact zeros, which every affine grid holds;
   (x - clip(x, lo, hi))^2   outside the range (clipping, from the observed float values x);
-  2^(2 (floor(log2|x|) - m)) / 12   for a float format with m mantissa bits.
+  2^(2 (floor(log2|x|) - m)) / 12   for a float format with m mantissa bits (overflow and
+           subnormals are not modelled).
 The observed values are the float model's at that point (weights, biases, taps, RNN states).
 Output quantizers are where a backend requantizes, so their rounding term is the requantization
 rounding. Propagation, with V the per-element noise variance of a layer's input x:
