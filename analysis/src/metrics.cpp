@@ -123,7 +123,8 @@ double argmax_agreement(const float* reference, const float* candidate, std::siz
 
 std::vector<std::int64_t> lsb_histogram(const std::int32_t* reference, const std::int32_t* candidate, std::size_t n,
                                         std::int32_t max_diff) {
-  QDRIFT_CHECK(max_diff >= 0, ConfigError, "lsb_histogram: max_diff must be >= 0, got ", max_diff);
+  QDRIFT_CHECK(max_diff >= 0 && max_diff <= (1 << 20), ConfigError,
+               "lsb_histogram: max_diff must be in [0, 1048576] (one bin per difference), got ", max_diff);
   const std::int64_t m = max_diff;
   std::vector<std::int64_t> bins(static_cast<std::size_t>(2 * m + 1), 0);
   for (std::size_t k = 0; k < n; ++k) {

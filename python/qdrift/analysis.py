@@ -4,6 +4,7 @@ C++ kernels in analysis/ (one pass, double sums)."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -190,21 +191,80 @@ def _tap_name(layer):
     return getattr(layer, "folded", [layer.name])[-1]
 
 
+def _tensor_quant(model):
+    """{tensor name: (scale, zero_point)} of a TFLite-like model's per-tensor quantized tensors."""
+    out = {}
+    for t in getattr(model, "tensors", []) or []:
+        scale, zp = np.ravel(getattr(t, "scale", [])), np.ravel(getattr(t, "zero_point", []))
+        if scale.size == 1 and zp.size == 1:
+            out[t.name] = (float(scale[0]), int(zp[0]))
+    return out
+
+
 def _run_with_taps(model, x, what):
-    """(output, taps) of a qd.Sequential, or of anything with run(x, taps=True) (a TFLite model),
-    whose taps are float arrays keyed like the reference's."""
+    """(output, float taps, integer taps) of a qd.Sequential, or of anything with run(x, taps=True)
+    (a qd.TFLiteModel: {tensor name: value}). Integer taps of per-tensor quantized tensors are
+    dequantized with their scale and zero point (real = scale * (q - zero_point)) and also kept as
+    codes {name: (codes, scale, zero_point)} for LSB histograms; taps are matched to the
+    reference's by name. Without taps support, only the output is compared."""
     if _is_sequential(model):
-        return model(x, taps=True)
-    if hasattr(model, "run"):
-        try:
-            y, taps = model.run(x, taps=True)
-        except TypeError:
-            raise _core.UnsupportedError(f"compare: the {what} {type(model).__name__} cannot run with taps "
-                                         f"(run(x, taps=True))") from None
-        return np.asarray(y, np.float32), {k: v for k, v in taps.items()
-                                           if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
-    raise _core.ConfigError(f"compare: the {what} must be a qd.Sequential or have run(x, taps=True), "
-                            f"got {type(model).__name__}")
+        y, taps = model(x, taps=True)
+        return y, taps, {}
+    if not hasattr(model, "run"):
+        raise _core.ConfigError(f"compare: the {what} must be a qd.Sequential or have run(x, taps=True), "
+                                f"got {type(model).__name__}")
+    try:
+        y, taps = model.run(x, taps=True)
+    except TypeError:   # run() without taps: the output alone
+        y, taps = model.run(x), {}
+    quant = _tensor_quant(model)
+    floats, codes = {}, {}
+    for name, v in taps.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f":
+            floats[name] = _f32(v)
+        elif v.dtype.kind in "iu" and name in quant:
+            scale, zp = quant[name]
+            floats[name] = _f32(scale * (v.astype(np.float64) - zp))
+            codes[name] = (v, scale, zp)
+    _assemble_tflite_taps(floats, codes)
+    y = np.asarray(y)
+    if y.dtype.kind != "f":
+        raise _core.UnsupportedError(f"compare: the {what}'s output is {y.dtype}; end the model with DEQUANTIZE "
+                                     f"(a float output) to compare it")
+    return _f32(y), floats, codes
+
+
+def _assemble_tflite_taps(floats, codes):
+    """Name converted-graph tensors like the Sequential's taps: the quantized input "input/quantized"
+    stands for "input" (the float input itself has no error), and the unrolled RNN's per-step states
+    "<rnn>/step<t>/state" stack into "<rnn>/states" (batch, time, units); the last step's state is
+    the layer's output tensor "<rnn>" when no step tensor holds it."""
+    for name in [k for k in floats if k.endswith("/quantized")]:
+        base = name[:-len("/quantized")]
+        if base in floats and floats[base].shape == floats[name].shape:
+            floats[base] = floats[name]
+            if name in codes:
+                codes[base] = codes[name]
+    steps = {}
+    for name, v in floats.items():
+        m = re.fullmatch(r"(.+)/step(\d+)/state", name)
+        if m:
+            steps.setdefault(m.group(1), {})[int(m.group(2))] = v
+    for rnn, by_step in steps.items():
+        last = max(by_step) + 1
+        if rnn in floats and floats[rnn].shape == by_step[0].shape:
+            by_step.setdefault(last, floats[rnn])
+        if sorted(by_step) == list(range(len(by_step))):
+            floats[f"{rnn}/states"] = np.ascontiguousarray(np.stack([by_step[t] for t in sorted(by_step)], axis=1))
+
+
+def _reference_codes(ref, codes, scale, zp):
+    """The reference quantized as the candidate's tensor is: round half away (TFLite's QUANTIZE),
+    then clamp to the code type's range."""
+    info = np.iinfo(codes.dtype)
+    q = np.asarray(ref, np.float64) / scale
+    return np.clip(np.sign(q) * np.floor(np.abs(q) + 0.5) + zp, info.min, info.max).astype(np.int32)
 
 
 def _layer_inputs(model):
@@ -291,12 +351,14 @@ def compare(reference, candidate, x, isolated=True, attribution=False, predict=F
     curves of every later (batch, time, features) output; r.growth fits growth laws to them.
     attribution=True: each quantizer's share of the output MSE (r.attribution).
     predict=True: the analytic noise model's per-layer MSE next to the measured (r.predicted).
-    Isolated, local, attribution and prediction need a qd.Sequential candidate."""
+    Isolated, local, attribution and prediction need a qd.Sequential candidate; other candidates'
+    taps are matched to the reference's by name (qd.convert names tensors after layers), integer
+    taps dequantized with their tensor's scale and zero point."""
     from . import noise_model
 
     x = _f32(x)
-    ref_out, ref_taps = _run_with_taps(reference, x, "reference")
-    cand_out, cand_taps = _run_with_taps(candidate, x, "candidate")
+    ref_out, ref_taps, _ = _run_with_taps(reference, x, "reference")
+    cand_out, cand_taps, cand_codes = _run_with_taps(candidate, x, "candidate")
     seq = _is_sequential(candidate)
     if not seq and (attribution or predict):
         raise _core.UnsupportedError("compare: attribution and predict need a qd.Sequential candidate "
@@ -317,12 +379,18 @@ def compare(reference, candidate, x, isolated=True, attribution=False, predict=F
 
     lsb_rows = []
     if seq:
-        for layer in candidate.layers:
-            q = candidate.quant.get(layer.name)
-            name = _tap_name(layer)
-            if q is None or not getattr(q.output, "observes", False) or name not in ref_taps:
+        points = [("input", candidate.input_quantizer)] + [
+            (_tap_name(l), candidate.quant[l.name].output if l.name in candidate.quant else None)
+            for l in candidate.layers]
+        for name, q in points:
+            if not getattr(q, "observes", False) or name not in ref_taps:
                 continue
-            hist = lsb_histogram(q.output.quantize(_f32(ref_taps[name])), q.output.quantize(_f32(cand_taps[name])))
+            hist = lsb_histogram(q.quantize(_f32(ref_taps[name])), q.quantize(_f32(cand_taps[name])))
+            lsb_rows += [dict(layer=name, mode="accumulated", diff=d, count=c) for d, c in hist.items()]
+
+    for name, (codes, scale, zp) in cand_codes.items():
+        if name in ref_taps and ref_taps[name].shape == codes.shape:
+            hist = lsb_histogram(_reference_codes(ref_taps[name], codes, scale, zp), codes)
             lsb_rows += [dict(layer=name, mode="accumulated", diff=d, count=c) for d, c in hist.items()]
 
     inputs = _layer_inputs(candidate) if seq else {}

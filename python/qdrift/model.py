@@ -3,6 +3,7 @@ taps on every layer output and every RNN step; calibration with qd.QuantConfig; 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Optional
@@ -294,8 +295,9 @@ class Sequential:
         m.input_quantizer = self.input_quantizer if "input" in keep else None
         m.quant = {}
         for name, q in self.quant.items():
-            m.quant[name] = LayerQuant(
-                input=q.input, weights={k: v for k, v in q.weights.items() if f"{name}/weights/{k}" in keep},
+            # replace() keeps any other LayerQuant fields as they are.
+            m.quant[name] = dataclasses.replace(
+                q, weights={k: v for k, v in q.weights.items() if f"{name}/weights/{k}" in keep},
                 **{p: getattr(q, p) if f"{name}/{p}" in keep else None for p in ("bias", "state", "output")})
         return m
 
