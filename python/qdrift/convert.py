@@ -8,6 +8,9 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     into its constants in float32 with TF's Rsqrt kernel: m = rsqrt(var + eps) * gamma,
     W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL + ADD
     (not supported here: UnsupportedError).
+  - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
+    BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
+    reproduce: UnsupportedError.
   - relu / relu6 (the layer's activation, or a ReLU/Activation layer right after a Dense/Conv
     without activation) fuse into the op; tanh / sigmoid stay separate TANH / LOGISTIC ops.
   - FULLY_CONNECTED gets no bias input when the bias is absent or all zero; CONV_2D and
@@ -55,11 +58,13 @@ def _rsqrt(v):
 class _Node:
     """One op of the converter's float graph, with its constants in TFLite layout."""
 
-    def __init__(self, op, inputs, outputs, weights=None, bias=None, options=None, kernel=None, geometry=None):
+    def __init__(self, op, inputs, outputs, weights=None, bias=None, options=None, kernel=None, geometry=None,
+                 bn_folded=False):
         self.op, self.inputs, self.outputs = op, list(inputs), list(outputs)
         self.weights, self.bias = weights, bias            # TFLite layout (FC (O, I), CONV OHWI, DW 1HW(CM))
         self.options = dict(options or {})
         self.kernel, self.geometry = kernel, geometry      # Keras-layout kernel for the float run
+        self.bn_folded = bn_folded
 
 
 class _FloatGraph:
@@ -163,7 +168,9 @@ def _lower(model):
             prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
             late_act = act == "linear" or getattr(layer, "relu_after_bn", False)
             if op == "FULLY_CONNECTED" and late_act and prev is not None and prev.op == "FULLY_CONNECTED" \
-                    and prev.options["activation"] == 0 and prev.bias is not None:
+                    and prev.options["activation"] == 0 and prev.bias is not None \
+                    or op == "FULLY_CONNECTED" and prev is not None and getattr(prev, "bn_folded", False) \
+                    and prev.op == "FULLY_CONNECTED" and prev.options["activation"] == 0:
                 raise _core.UnsupportedError(
                     f"convert: Dense '{name}' (no relu/relu6) follows a Dense with a bias and no activation; the "
                     "converter moves that bias into this layer's bias (b2 + W2 b1) with float arithmetic qdrift does "
@@ -172,7 +179,7 @@ def _lower(model):
             bias = _bias_or_none(layer.weights.get("bias"))
             if bias is None and op != "FULLY_CONNECTED":   # convolutions always get one (zeros)
                 bias = np.zeros(w.shape[0] if op == "CONV_2D" else w.shape[3], f32)
-            g.add(_Node(op, [x], [out], w, bias, options, k, layer),
+            g.add(_Node(op, [x], [out], w, bias, options, k, layer, getattr(layer, "bn_folded", False)),
                   [(1,) + layer.output_shape])
             if act != layer.activation:
                 _add_activation(g, layer.activation, out, name)
@@ -270,8 +277,10 @@ def calibrate(g, calibration, batch_size=256):
     for i in range(0, len(calibration), batch_size):
         for name, v in _run_float(g, calibration[i:i + batch_size]).items():
             lo, hi = f32(v.min()), f32(v.max())
-            old = ranges.get(name)
-            ranges[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+            # The calibrator starts from min = FLT_MAX and max = FLT_MIN (the smallest positive
+            # normal float), so an all-negative tensor's max is FLT_MIN.
+            old = ranges.get(name, (f32(np.finfo(f32).max), f32(np.finfo(f32).tiny)))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
     # The calibrator logs an op's inputs after the op ran; LiteRT runs ADD in place (its output
     # overwrites input 0), so input 0's logged range also covers ADD's output.
     for n in g.nodes:
