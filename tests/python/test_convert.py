@@ -177,3 +177,5 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
         qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_int8")
     with pytest.raises(qd.ConfigError, match="unknown profile"):
         qd.convert(chain, "tflite_int4")
+    with pytest.raises(qd.UnsupportedError, match="not implemented yet"):
+        qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_fp16")
