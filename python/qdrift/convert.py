@@ -164,7 +164,7 @@ def _lower(model):
             if op != "FULLY_CONNECTED":
                 options.update(padding=layer.padding, strides=layer.strides, dilation=layer.dilation_rate)
             else:
-                options.update(keep_num_dims=False)
+                options.update(keep_num_dims=False, asymmetric_quantize_inputs=False)
             prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
             late_act = act == "linear" or getattr(layer, "relu_after_bn", False)
             if op == "FULLY_CONNECTED" and late_act and prev is not None and prev.op == "FULLY_CONNECTED" \
@@ -217,7 +217,7 @@ def _lower_rnn(g, layer, x):
         x = f"{name}/time_major"
     steps = [f"{name}/x{s}" for s in range(t)]
     g.add(_Node("UNPACK", [x], steps, options=dict(axis=0)), [(1, f)] * t)
-    fc = dict(activation=0, keep_num_dims=False)
+    fc = dict(activation=0, keep_num_dims=False, asymmetric_quantize_inputs=False)
     h = None
     for s in range(t):
         zx = f"{name}/step{s}/input"
@@ -425,11 +425,59 @@ def _full_integer(g, profile, ranges, inference_io):
     return TFLiteModel(b.tensors, b.ops, inputs, [last])
 
 
+FP16_MAX = 65504.0
+
+
+def _float_weights(g, profile):
+    """tflite_dynamic: constants of FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D with at least
+    1024 elements become symmetric int8, per channel, in double arithmetic; biases and smaller
+    weights stay float32; FC ops get asymmetric_quantize_inputs. tflite_fp16: every weight and
+    bias becomes float16 (clamped to +-65504, rounded half to even) read through a DEQUANTIZE op.
+    Activations stay float32 in both, with no QUANTIZE / DEQUANTIZE at the ends."""
+    b = _Builder()
+    ids = {"input": b.tensor("input", np.float32, g.shapes["input"])}
+    shared = {}   # the unrolled RNN reads one weight (and bias) tensor at every step
+
+    def constant(name, value, axis):
+        key = (value.tobytes(), value.shape)
+        if key in shared:
+            return shared[key]
+        if profile == "tflite_fp16":
+            half = np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16)
+            src = b.tensor(f"{name}/fp16", np.float16, value.shape, data=half)
+            out = b.tensor(name, np.float32, value.shape)
+            b.op("DEQUANTIZE", [src], [out])
+        elif axis is not None and value.size >= DYNAMIC_MIN_ELEMENTS:
+            ws, wq = tflite.quantize_weights(value, True, axis, "dynamic")
+            out = b.tensor(name, np.int8, value.shape, ws, np.zeros(ws.size, np.int64), wq)
+        else:
+            out = b.tensor(name, np.float32, value.shape, data=np.ascontiguousarray(value, f32))
+        shared[key] = out
+        return out
+
+    for n in g.nodes:
+        in_ids = [ids[i] for i in n.inputs]
+        options = dict(n.options)
+        if n.weights is not None:
+            in_ids.append(constant(f"{n.outputs[0]}/weights", n.weights, _WEIGHT_AXIS[n.op]))
+            in_ids.append(-1 if n.bias is None else constant(f"{n.outputs[0]}/bias", n.bias, None))
+            if n.op == "FULLY_CONNECTED" and profile == "tflite_dynamic":
+                options["asymmetric_quantize_inputs"] = b.tensors[in_ids[1]].dtype == np.int8
+        if n.op == "RESHAPE":
+            shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
+            in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
+        out_ids = [b.tensor(o, np.float32, g.shapes[o]) for o in n.outputs]
+        b.op(n.op, in_ids, out_ids, options)
+        ids.update(zip(n.outputs, out_ids))
+    return TFLiteModel(b.tensors, b.ops, [ids["input"]], [ids[g.last]])
+
+
 def convert(model, profile="tflite_int8", calibration=None, ranges=None, inference_io="float", batch_size=256):
     """The TFLiteModel the TFLite converter writes for `model` (a qd.Sequential or a Keras model).
 
-    profile:      tflite_int8 (full integer, int8 activations); tflite_int16x8, tflite_dynamic and
-                  tflite_fp16 raise UnsupportedError for now
+    profile:      tflite_int8 (full integer, int8 activations) | tflite_dynamic (int8 weights of
+                  1024+ elements, float activations) | tflite_fp16 (float16 constants);
+                  tflite_int16x8 raises UnsupportedError for now. Only tflite_int8 calibrates.
     calibration:  representative inputs (batch first, float32); the float graph runs on them and
                   each tensor's global min/max sets its scale and zero point
     ranges:       {tensor name: (min, max)} overriding calibrated ranges (tensor names: "input",
@@ -440,10 +488,12 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
         raise _core.ConfigError(f"convert: unknown profile '{profile}'; expected one of {', '.join(PROFILES)}")
     model = _as_sequential(model)
     g = _lower(model)
+    if profile in ("tflite_dynamic", "tflite_fp16"):
+        return _float_weights(g, profile)
     if profile != "tflite_int8":
-        # int16x8 (old quantizer), dynamic range and float16 graphs are not checked against the
-        # converter yet; _full_integer's int16 branch is the starting point for tflite_int16x8.
-        raise _core.UnsupportedError(f"convert: profile '{profile}' is not implemented yet (only tflite_int8)")
+        # The int16x8 graph (old quantizer) is not checked against the converter yet;
+        # _full_integer's int16 branch is the starting point.
+        raise _core.UnsupportedError(f"convert: profile '{profile}' is not implemented yet")
     if inference_io not in ("float", "int8"):
         raise _core.ConfigError(f"convert: inference_io must be 'float' or 'int8', got '{inference_io}'")
     found = {} if calibration is None else calibrate(g, calibration, batch_size)

@@ -179,3 +179,39 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
         qd.convert(chain, "tflite_int4")
     with pytest.raises(qd.UnsupportedError, match="not implemented yet"):
         qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_fp16")
+
+
+@pytest.mark.parametrize("profile", ["tflite_dynamic", "tflite_fp16"])
+def test_float_weight_profiles_equal_the_converter(rng, profile):
+    """Dynamic range (int8 weights of 1024+ elements, double arithmetic, float biases) and float16
+    (every constant fp16 through DEQUANTIZE): graph, dtypes, scales and constant bits equal the
+    converter's on random models, including layers big enough to cross the 1024 threshold."""
+    quantized = kept_float = 0
+    for trial in range(MODELS):
+        while True:
+            kind, km = random_model(rng)
+            if rng.random() < 0.5 and kind != "rnn":     # widen: weights around the 1024 threshold
+                km = _widened(km, rng)
+            try:
+                ours = qd.convert(km, profile)
+                break
+            except qd.UnsupportedError:
+                continue
+        flatbuffer, _ = convert_with_tf(km, profile)
+        compare_models(ours, qd.from_tflite(flatbuffer), (trial, km.name))
+        for t in ours.tensors:
+            quantized += int(t.dtype == np.int8)
+            kept_float += int(t.dtype == np.float32 and t.data is not None and t.data.size > 1 and
+                              "/weights" in t.name)
+    if profile == "tflite_dynamic":
+        assert quantized > 20 and kept_float > 20, (quantized, kept_float)   # both sides of 1024 seen
+
+
+def _widened(km, rng):
+    """A Dense stack whose weights sit around 1024 elements (31x33 = 1023, 32x32 = 1024, ...)."""
+    n_in = int(rng.choice([31, 32, 33, 64]))
+    units = int(rng.choice([31, 32, 33, 16]))
+    m = keras.Sequential([keras.Input((n_in,)), L.Dense(units, activation=str(rng.choice(["relu", "tanh"]))),
+                          L.Dense(int(rng.integers(1, 40)), activation="relu")])
+    randomize_weights(m, rng)
+    return m
