@@ -340,6 +340,37 @@ def _bias_fits(bias, input_scale, weight_scales):
     return new.astype(f32)
 
 
+def _adjust_weights_for_bias_int16(bias, input_scale, w, axis, weight_scales):
+    """The old quantizer's AdjustWeightsForBiasScale (int16x8): a channel whose bias reaches half
+    of INT32_MAX in units of s_in * s_w gets the weight half-range 2|b| / INT32_MAX * f32(127 / s_in)
+    (so a near-zero input scale gives an infinite weight scale and all-zero codes, as the file
+    holds). One output channel uses the largest |b| (the per-layer branch). Returns (scales,
+    codes) when some channel changes, else None."""
+    from .tflite_kernels import round_half_away
+    k = 2147483647.0
+    s_in = f32(input_scale)
+    abs_b = np.abs(bias.astype(f32))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inv_in = f32(f32(127) / s_in)
+        if weight_scales.size > 1:
+            over = abs_b.astype(np.float64) >= 0.5 * np.float64(s_in) * weight_scales.astype(np.float64) * k
+            new_max = (2.0 * abs_b.astype(np.float64) / k * np.float64(inv_in)).astype(f32)
+        else:
+            half = abs_b.max()
+            over = np.array([np.float64(f32(half / f32(k))) >= 0.5 * np.float64(s_in) * np.float64(weight_scales[0])])
+            new_max = np.array([2.0 * np.float64(half) / k * np.float64(inv_in)]).astype(f32)
+        if not over.any():
+            return None
+        moved = np.moveaxis(w, axis, 0)
+        half_range = np.where(over, new_max, np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)).astype(f32)
+        scales = (half_range / f32(127)).astype(f32)
+        inv = np.where(half_range == 0, f32(0), (f32(127) / half_range).astype(f32)).astype(f32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        codes = np.clip(round_half_away((w * inv.reshape(shape)).astype(f32)), -127, 127)
+    return scales, np.nan_to_num(codes).astype(np.int8)
+
+
 def _quantize_with_scales(w, axis, scales):
     """Per-channel symmetric int8 codes for given scales: RHA(f32(w * f32(1 / scale))), clamped."""
     from .tflite_kernels import round_half_away
@@ -373,6 +404,7 @@ def _full_integer(g, profile, ranges, inference_io):
         inputs = [x]
     ids = {"input": x}
     constants = {}
+    rnn_layers = {n.outputs[0].split("/")[0] for n in g.nodes if n.op == "UNPACK"}
     for n in g.nodes:
         if n.op in _SAME_PARAMS:
             params.update({o: params[n.inputs[0]] if n.inputs[0] in params else activation(n.inputs[0])
@@ -394,6 +426,18 @@ def _full_integer(g, profile, ranges, inference_io):
                                           np.zeros(ws.size, np.int64), wq)
             w_id = constants[key]
             in_ids.append(w_id)
+            if n.bias is not None and profile == "tflite_int16x8":
+                adjusted = _adjust_weights_for_bias_int16(n.bias, s_in, n.weights, _WEIGHT_AXIS[n.op],
+                                                          b.tensors[w_id].scale)
+                if adjusted is not None and n.outputs[0].split("/")[0] in rnn_layers:
+                    raise _core.UnsupportedError(
+                        f"convert: tflite_int16x8 enlarges the weight scale of '{n.outputs[0]}' so its bias fits "
+                        "(AdjustWeightsForBiasScale); for the RNN's shared weights qdrift does not reproduce it")
+                if adjusted is not None:
+                    ws, wq = adjusted
+                    w_id = b.tensor(f"{n.outputs[0]}/weights", np.int8, n.weights.shape, ws,
+                                    np.zeros(ws.size, np.int64), wq)
+                    in_ids[-1] = w_id
             if n.bias is not None and profile == "tflite_int8":
                 adjusted = _bias_fits(n.bias, s_in, b.tensors[w_id].scale)
                 if adjusted is not None:   # a per-op copy of the weights with enlarged scales
@@ -404,12 +448,24 @@ def _full_integer(g, profile, ranges, inference_io):
             if n.bias is not None:
                 ws = b.tensors[w_id].scale
                 if profile == "tflite_int16x8":
-                    bq, dtype = tflite.quantize_bias_int64(n.bias, s_in, ws), np.int64
-                    bs = (f32(s_in) * ws).astype(f32)
+                    # An infinite weight scale (see _adjust_weights_for_bias_int16) gives an
+                    # infinite bias scale, inverse 0 and code 0.
+                    finite = np.isfinite(ws)
+                    bq = tflite.quantize_bias_int64(n.bias, s_in, np.where(finite, ws, f32(1)))
+                    bq, dtype = np.where(finite if ws.size > 1 else finite[0], bq, 0).astype(np.int64), np.int64
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        bs = (f32(s_in) * ws).astype(f32)
                 else:
                     bq, dtype = tflite.quantize_bias_int32(n.bias, s_in, ws), np.int32
                     bs = (np.float64(f32(s_in)) * ws.astype(np.float64)).astype(f32)
-                in_ids.append(b.tensor(f"{n.outputs[0]}/bias", dtype, n.bias.shape, bs, np.zeros(bs.size, np.int64), bq))
+                # The old quantizer (int16x8) keeps the unrolled RNN's one shared bias tensor; the
+                # MLIR quantizer (int8) gives every step its own copy.
+                bkey = ("bias", n.bias.tobytes(), s_in, w_id) if profile == "tflite_int16x8" else None
+                if bkey is None or bkey not in constants:
+                    bid = b.tensor(f"{n.outputs[0]}/bias", dtype, n.bias.shape, bs, np.zeros(bs.size, np.int64), bq)
+                    if bkey is not None:
+                        constants[bkey] = bid
+                in_ids.append(bid if bkey is None else constants[bkey])
             else:
                 in_ids.append(-1)
         if n.op == "RESHAPE":
@@ -476,8 +532,8 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
     """The TFLiteModel the TFLite converter writes for `model` (a qd.Sequential or a Keras model).
 
     profile:      tflite_int8 (full integer, int8 activations) | tflite_dynamic (int8 weights of
-                  1024+ elements, float activations) | tflite_fp16 (float16 constants);
-                  tflite_int16x8 raises UnsupportedError for now. Only tflite_int8 calibrates.
+                  1024+ elements, float activations) | tflite_fp16 (float16 constants) |
+                  tflite_int16x8 (int16 activations, int8 weights, int64 biases)
     calibration:  representative inputs (batch first, float32); the float graph runs on them and
                   each tensor's global min/max sets its scale and zero point
     ranges:       {tensor name: (min, max)} overriding calibrated ranges (tensor names: "input",
@@ -490,12 +546,10 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
         return _float_weights(g, profile)
-    if profile != "tflite_int8":
-        # The int16x8 graph (old quantizer) is not checked against the converter yet;
-        # _full_integer's int16 branch is the starting point.
-        raise _core.UnsupportedError(f"convert: profile '{profile}' is not implemented yet")
     if inference_io not in ("float", "int8"):
         raise _core.ConfigError(f"convert: inference_io must be 'float' or 'int8', got '{inference_io}'")
+    if profile == "tflite_int16x8" and inference_io != "float":
+        raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
     found = {} if calibration is None else calibrate(g, calibration, batch_size)
     found.update({k: (f32(v[0]), f32(v[1])) for k, v in (ranges or {}).items()})
     missing = [n for n in g.shapes if n not in found]

@@ -11,7 +11,7 @@ from converter_oracle import (L, calibrated_ranges, compare_models, convert_with
                               randomize_weights)
 from test_tflite_kernels import RESOLVERS, run_litert
 
-MODELS = 100
+MODELS = int(__import__("os").environ.get("QDRIFT_CONVERT_MODELS", "100"))
 
 
 def _converted(rng, kind=None):
@@ -177,8 +177,8 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
         qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_int8")
     with pytest.raises(qd.ConfigError, match="unknown profile"):
         qd.convert(chain, "tflite_int4")
-    with pytest.raises(qd.UnsupportedError, match="not implemented yet"):
-        qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_fp16")
+    with pytest.raises(qd.ConfigError, match="inference_io"):
+        qd.convert(chain, "tflite_int8", inference_io="uint8")
 
 
 @pytest.mark.parametrize("profile", ["tflite_dynamic", "tflite_fp16"])
@@ -215,3 +215,23 @@ def _widened(km, rng):
                           L.Dense(int(rng.integers(1, 40)), activation="relu")])
     randomize_weights(m, rng)
     return m
+
+
+def test_int16x8_random_models_equal_the_converter(rng):
+    """int16 activations (symmetric, zero point 0, max|range| / 32767), int8 per-channel weights in
+    float32 arithmetic, int64 biases, TANH/LOGISTIC outputs at 1/32768: the old quantizer's file,
+    given the calibrator's ranges. (Running these files is the int16 kernels' job.)"""
+    refused = 0
+    for trial in range(MODELS):
+        kind, km, cal, by_qdrift = _converted(rng)
+        flatbuffer, calibrated = convert_with_tf(km, "tflite_int16x8", cal)
+        theirs = qd.from_tflite(flatbuffer)
+        try:
+            first = qd.convert(km, "tflite_int16x8", calibration=cal)
+            ours = qd.convert(km, "tflite_int16x8", ranges=calibrated_ranges(calibrated, first))
+        except qd.UnsupportedError as e:    # the one int16x8 rule qdrift refuses (see convert.py)
+            assert "AdjustWeightsForBiasScale" in str(e) and kind == "rnn", e
+            refused += 1
+            continue
+        compare_models(ours, theirs, (trial, km.name))
+    assert refused <= MODELS // 10, refused
