@@ -21,11 +21,17 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     step FC(h, U) [from step 1], FC(x_t, W, b), ADD(input part, recurrent part), TANH. The real
     converter segfaults on the non-unrolled (WHILE) int8 form, so a Keras SimpleRNN needs
     unroll=True.
+  - Dilated convolutions lower to SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND: UnsupportedError.
+  - int8 (MLIR quantizer): a bias that would exceed INT32_MAX / 2 enlarges that channel's weight
+    scale (SetBiasParamsWithAdjustments); int16x8 (old quantizer): AdjustWeightsForBiasScale,
+    and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
 Calibration runs the float graph with qdrift's float ops and keeps each tensor's global
-min/max. The converter's calibrator runs TensorFlow's builtin optimized float kernels instead,
-whose accumulation order differs in the last bits, so a scale computed from qdrift's min/max can
-differ from the file's by an ulp or more; pass `ranges` (the calibrator's min/max, e.g. read
-from a calibrate-only conversion) to reproduce the file exactly."""
+min/max, starting from (FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every
+ADD by ADD's output (LiteRT runs ADD in place and the calibrator logs inputs after the op). The
+calibrator runs the TensorFlow wheel's builtin optimized float kernels (not LiteRT's, not
+XNNPACK), whose summation order and tanh differ from qdrift's in the last bits, so a scale from
+qdrift's min/max can differ from the file's (about 1 activation tensor in 6 on random models);
+pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
 from __future__ import annotations
 
 import numpy as np

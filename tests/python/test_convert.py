@@ -235,3 +235,29 @@ def test_int16x8_random_models_equal_the_converter(rng):
             continue
         compare_models(ours, theirs, (trial, km.name))
     assert refused <= MODELS // 10, refused
+
+
+def _canonical_models():
+    dense = keras.Sequential([keras.Input((1,)), L.Dense(1, use_bias=False)])
+    dense.set_weights([np.array([[1.5]], np.float32)])
+    conv = keras.Sequential([keras.Input((5, 5, 1)), L.Conv2D(1, 3, use_bias=False)])
+    conv.set_weights([np.ones((3, 3, 1, 1), np.float32)])
+    rnn = keras.Sequential([keras.Input((5, 1), batch_size=1), L.SimpleRNN(4, use_bias=False, unroll=True)])
+    rnn.set_weights([np.ones((1, 4), np.float32), np.ones((4, 4), np.float32)])
+    return [(dense, np.array([[2.0]], np.float32)), (conv, np.ones((1, 5, 5, 1), np.float32)),
+            (rnn, np.ones((1, 5, 1), np.float32))]
+
+
+@pytest.mark.parametrize("profile", ["tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
+def test_canonical_examples_other_profiles(rng, profile):
+    """The three canonical models under the other profiles: the converter's parameters exactly
+    (int16x8 from the calibrator's ranges, with a random and with the example's own calibration)."""
+    for km, x in _canonical_models():
+        for cal in (rng.uniform(0, 2, (4,) + x.shape[1:]).astype(np.float32), x):
+            flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+            if profile == "tflite_int16x8":
+                first = qd.convert(km, profile, calibration=cal)
+                ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
+            else:
+                ours = qd.convert(km, profile)
+            compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
