@@ -34,6 +34,8 @@ qdrift's min/max can differ from the file's (about 1 activation tensor in 6 on r
 pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from . import _core, tflite
@@ -95,11 +97,10 @@ def _fold(prev, bn):
     folded = (flat * m).astype(f32).reshape(kernel.shape)
     b = prev.weights.get("bias")
     bias = shift if b is None else ((b * m).astype(f32) + shift).astype(f32)
-    return kernel_copy(prev, kname, folded, bias)
+    return _with_weights(prev, kname, folded, bias)
 
 
-def kernel_copy(layer, kname, kernel, bias):
-    import copy
+def _with_weights(layer, kname, kernel, bias):
     out = copy.copy(layer)
     out.weights = dict(layer.weights, **{kname: kernel, "bias": bias})
     out.use_bias = True
@@ -122,7 +123,6 @@ def _merge(layers):
             out[-1].bn_folded = True
             continue
         if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") and linear:
-            import copy
             fused = copy.copy(prev)
             fused.activation = layer.activation
             # After a folded BN the converter fuses the relu late, after it has already moved a
@@ -548,12 +548,12 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
                   inference_input_type = inference_output_type = tf.int8)"""
     if profile not in PROFILES:
         raise _core.ConfigError(f"convert: unknown profile '{profile}'; expected one of {', '.join(PROFILES)}")
+    if inference_io not in ("float", "int8"):
+        raise _core.ConfigError(f"convert: inference_io must be 'float' or 'int8', got '{inference_io}'")
     model = _as_sequential(model)
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
         return _float_weights(g, profile)
-    if inference_io not in ("float", "int8"):
-        raise _core.ConfigError(f"convert: inference_io must be 'float' or 'int8', got '{inference_io}'")
     if profile == "tflite_int16x8" and inference_io != "float":
         raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
     found = {} if calibration is None else calibrate(g, calibration, batch_size)
