@@ -14,7 +14,7 @@ import numpy as np
 from . import _core, tflite_int16
 from .tflite_kernels import KERNEL_PATHS, activation_range, f32, output_stage, round_half_away
 
-_DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
+_DTYPES = {"FLOAT16": np.float16, "FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
            "UINT8": np.uint8}
 _ACTIVATIONS = {0: "linear", 1: "relu", 3: "relu6"}
 SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "ADD",
@@ -63,7 +63,8 @@ def _options(tfl, op, name):
         o = tfl.FullyConnectedOptions()
         o.Init(table.Bytes, table.Pos)
         return dict(activation=o.FusedActivationFunction(), keep_num_dims=o.KeepNumDims(),
-                    quantized_bias_type=o.QuantizedBiasType())
+                    quantized_bias_type=o.QuantizedBiasType(),
+                    asymmetric_quantize_inputs=o.AsymmetricQuantizeInputs())
     if name == "ADD":
         o = tfl.AddOptions()
         o.Init(table.Bytes, table.Pos)
