@@ -49,6 +49,20 @@ _FUSED = {"linear": 0, "relu": 1, "relu6": 3}
 _SAME_PARAMS = ("RESHAPE", "UNPACK")
 # Dynamic range: constants with fewer elements stay float (minimum_elements_for_weights).
 DYNAMIC_MIN_ELEMENTS = 1024
+_TENSOR_TYPE_INT64 = 4   # TFLite schema TensorType
+
+
+def _file_options(node, options, profile):
+    """The options as the file carries them: the old int16x8 quantizer declares its int64 bias
+    (quantized_bias_type on FC and CONV_2D) and clears ADD's pot_scale_int16, which every other
+    profile leaves at the schema default (true)."""
+    options = dict(options)
+    int16 = profile == "tflite_int16x8"
+    if node.op in ("FULLY_CONNECTED", "CONV_2D"):
+        options["quantized_bias_type"] = _TENSOR_TYPE_INT64 if int16 else 0
+    if node.op == "ADD":
+        options["pot_scale_int16"] = not int16
+    return options
 
 
 def _rsqrt(v):
@@ -477,7 +491,7 @@ def _full_integer(g, profile, ranges, inference_io):
         if n.op == "RESHAPE":
             shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
             in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
-        b.op(n.op, in_ids, out_ids, n.options)
+        b.op(n.op, in_ids, out_ids, _file_options(n, n.options, profile))
         ids.update(zip(n.outputs, out_ids))
     last = ids[g.last]
     if inference_io == "float":
@@ -529,7 +543,7 @@ def _float_weights(g, profile):
             shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
             in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
         out_ids = [b.tensor(o, np.float32, g.shapes[o]) for o in n.outputs]
-        b.op(n.op, in_ids, out_ids, options)
+        b.op(n.op, in_ids, out_ids, _file_options(n, options, profile))
         ids.update(zip(n.outputs, out_ids))
     return TFLiteModel(b.tensors, b.ops, [ids["input"]], [ids[g.last]])
 

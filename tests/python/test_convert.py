@@ -220,7 +220,7 @@ def _widened(km, rng):
 def test_int16x8_random_models_equal_the_converter(rng):
     """int16 activations (symmetric, zero point 0, max|range| / 32767), int8 per-channel weights in
     float32 arithmetic, int64 biases, TANH/LOGISTIC outputs at 1/32768: the old quantizer's file,
-    given the calibrator's ranges. (Running these files is the int16 kernels' job.)"""
+    given the calibrator's ranges; and the outputs of both equal LiteRT's on every kernel path."""
     refused = 0
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
@@ -234,6 +234,12 @@ def test_int16x8_random_models_equal_the_converter(rng):
             refused += 1
             continue
         compare_models(ours, theirs, (trial, km.name))
+        x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
+        x = x.astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
+            assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
     assert refused <= MODELS // 10, refused
 
 
@@ -261,3 +267,7 @@ def test_canonical_examples_other_profiles(rng, profile):
             else:
                 ours = qd.convert(km, profile)
             compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
+            if profile == "tflite_int16x8":
+                for kernels in RESOLVERS:
+                    _, expected = run_litert(flatbuffer, kernels, x)
+                    assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, kernels)
