@@ -172,9 +172,10 @@ def sweep(config, executor="local", out=None, resume=False, threads=None, schedu
 
 
 def to_frame(records) -> pd.DataFrame:
-    # Column order is fixed (pointers sorted, metrics in the config's order) whether a record
-    # was computed now or read back from a results file.
+    # Column order is fixed (pointers sorted, metrics in the order the point wrote them: the
+    # config's order, per arm for training points) whether a record was computed now or read
+    # back from a results file (JSON objects keep their key order).
     rows = [dict(index=r["index"], key=r["key"], **{p: r["point"][p] for p in sorted(r["point"])},
-                 **{m: r["metrics"][m] for m in r["config"]["analysis"]["metrics"]}, curves=r["curves"])
+                 **r["metrics"], curves=r["curves"])
             for r in records]
     return pd.DataFrame(rows)
