@@ -170,6 +170,15 @@ def candidate(model: Sequential, quant_cfg: dict, x_cal):
 
 
 # ---- PTQ vs QAT training arms (the "train" section) ----------------------------------------------
+def metric_names(cfg: dict) -> list:
+    """A point's metric names in their fixed order (the DataFrame's columns): the config's
+    /analysis/metrics, or with a "train" section per arm: accuracy, loss (and the metrics)."""
+    if "train" not in cfg:
+        return list(cfg["analysis"]["metrics"])
+    return ["float_accuracy", "float_loss"] + [f"{arm}_{m}" for arm in cfg["train"]["arms"]
+                                               for m in ["accuracy", "loss"] + cfg["analysis"]["metrics"]]
+
+
 def labelled_data(data_cfg: dict, input_shape) -> dict:
     """The digits rows of a training point: evaluation (first `batch`), training (last
     `train_batch`) and calibration (last `calibration_batch`, inside the training rows), with
