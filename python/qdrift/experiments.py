@@ -216,20 +216,22 @@ def float_models(cfg: dict, data: dict) -> tuple:
     with _FLOAT_GUARD:
         lock = _FLOAT_LOCKS.setdefault(key, threading.Lock())
     with lock:
-        if key not in _FLOAT_CACHE:
+        with _FLOAT_GUARD:
+            pair = _FLOAT_CACHE.get(key)
+        if pair is None:
             y = train_targets(data["y_train"], t["loss"])
             pretrained = build_model(cfg["model"], cfg["seed"])
             fit_phase(pretrained, data["x_train"], y, t["pretrain"], t["loss"], cfg["seed"])
             trained = copy.deepcopy(pretrained)
             fit_phase(trained, data["x_train"], y, t, t["loss"], cfg["seed"])
+            pair = (pretrained, trained)
             with _FLOAT_GUARD:
                 while len(_FLOAT_CACHE) >= _FLOAT_CACHE_SIZE:   # drop the oldest
                     oldest = next(iter(_FLOAT_CACHE))
                     del _FLOAT_CACHE[oldest]
                     _FLOAT_LOCKS.pop(oldest, None)
-                _FLOAT_CACHE[key] = (pretrained, trained)
-        pretrained, trained = _FLOAT_CACHE[key]
-    return copy.deepcopy(pretrained), copy.deepcopy(trained)
+                _FLOAT_CACHE[key] = pair
+    return copy.deepcopy(pair[0]), copy.deepcopy(pair[1])   # the arms train and quantize their own copies
 
 
 def run_training(cfg: dict) -> dict:
