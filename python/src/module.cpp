@@ -11,6 +11,7 @@ void bind_quantizers(py::module_& m);
 void bind_tflite(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_integer(py::module_& m);
+void bind_hybrid(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "qdrift C++ core (private). Import `qdrift`, not `qdrift._core`.";
@@ -21,5 +22,6 @@ PYBIND11_MODULE(_core, m) {
   bind_tflite(m);
   bind_ops(m);
   bind_integer(m);
+  bind_hybrid(m);
   m.attr("__version__") = QDRIFT_VERSION_STRING;
 }
