@@ -102,7 +102,9 @@ def _single(model, op, get, out, kernels):
                                    None if o["end_mask"] >> d & 1 else int(end[d]), int(strides[d])))
         return np.array(x[tuple(index)])   # a copy; 0-d when every axis shrinks
     if name == "PACK":
-        return np.stack([get(k) for k in range(len(op.inputs))], axis=op.options["axis"])
+        # The converter may pack a scalar with a one-element constant; PACK only counts elements.
+        parts = [get(k) for k in range(len(op.inputs))]
+        return np.stack([np.reshape(p, np.shape(parts[0])) for p in parts], axis=op.options["axis"])
     if name == "FILL":
         return np.full(tuple(int(d) for d in get(0)), get(1), dtype=out.dtype)
     if name == "TRANSPOSE":
