@@ -234,24 +234,55 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
         }
 }
 
-void fully_connected_f32(const float* x, std::size_t batch, std::size_t in, const float* filter, std::size_t out,
-                         const float* bias, float lo, float hi, float* y) {
+namespace {
+
+// TFLite's float custom GEMV for one output row (cpu_backend_gemm_custom_gemv.h).
+float custom_gemv_row(const float* x, const float* w, std::size_t in) {
+  float lane[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  std::size_t i = 0;
+  for (; i + 4 <= in; i += 4)
+    for (std::size_t l = 0; l < 4; ++l) lane[l] += w[i + l] * x[i + l];
+  if (i < in) {   // the last 4 columns again, with the lanes already summed fed a zero input
+    const std::size_t first = in - 4, back = i + 4 - in;
+    for (std::size_t l = 0; l < 4; ++l) lane[l] += w[first + l] * (l < back ? 0.0f : x[first + l]);
+  }
+  return (lane[0] + lane[1]) + (lane[2] + lane[3]);
+}
+
+}  // namespace
+
+void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
+                         std::size_t out, const float* bias, float lo, float hi, float* y) {
+  const bool gemv = path == KernelPath::kBuiltin && batch == 1 && out >= 4 && in >= 4;
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t o = 0; o < out; ++o) {
-      float total = 0.0f;
-      for (std::size_t i = 0; i < in; ++i) total += x[b * in + i] * filter[o * in + i];
-      y[b * out + o] = clampf(total + (bias ? bias[o] : 0.0f), lo, hi);
+      const float* xr = x + b * in;
+      const float* wr = filter + o * in;
+      const float bo = bias ? bias[o] : 0.0f;
+      float v = 0.0f;
+      if (gemv) {
+        v = custom_gemv_row(xr, wr, in) + bo;
+      } else if (path == KernelPath::kXnnpack) {
+        v = bo;
+        for (std::size_t i = 0; i < in; ++i) v = std::fma(xr[i], wr[i], v);
+      } else {
+        for (std::size_t i = 0; i < in; ++i) v += xr[i] * wr[i];
+        v += bo;
+      }
+      y[b * out + o] = clampf(v, lo, hi);
     }
 }
 
-void conv2d_f32(const ConvGeometry& g, const float* x, const float* filter, const float* bias, float lo, float hi,
-                float* y) {
+void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
+                float lo, float hi, float* y) {
+  const bool fused = path == KernelPath::kXnnpack;
   for (std::size_t n = 0; n < g.n; ++n)
     for (std::size_t oy = 0; oy < g.oh; ++oy)
       for (std::size_t ox = 0; ox < g.ow; ++ox)
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           const std::size_t group = oc / g.og();
-          float total = 0.0f;
+          const float b = bias ? bias[oc] : 0.0f;
+          float total = fused ? b : 0.0f;
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
             const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
             if (iy < 0) continue;
@@ -260,10 +291,12 @@ void conv2d_f32(const ConvGeometry& g, const float* x, const float* filter, cons
               if (ix < 0) continue;
               const float* xp = x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c +
                                 group * g.cg();
-              for (std::size_t ic = 0; ic < g.cg(); ++ic) total += xp[ic] * filter[((ky * g.kw + kx) * g.cg() + ic) * g.o + oc];
+              const float* wp = filter + (ky * g.kw + kx) * g.cg() * g.o + oc;
+              for (std::size_t ic = 0; ic < g.cg(); ++ic)
+                total = fused ? std::fma(xp[ic], wp[ic * g.o], total) : total + xp[ic] * wp[ic * g.o];
             }
           }
-          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(total + (bias ? bias[oc] : 0.0f), lo, hi);
+          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(fused ? total : total + b, lo, hi);
         }
 }
 

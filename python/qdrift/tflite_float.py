@@ -163,7 +163,7 @@ def _linear(model, op, get, out, kernels):
                                              asymmetric_inputs=bool(op.options.get("asymmetric_quantize_inputs")),
                                              lo=lo, hi=hi)
         else:
-            y = _core.fully_connected_f32(x2, np.ascontiguousarray(w, np.float32), bias, lo=lo, hi=hi)
+            y = _core.fully_connected_f32(x2, np.ascontiguousarray(w, np.float32), bias, kernels=kernels, lo=lo, hi=hi)
         return y.reshape(x.shape[:-1] + (w.shape[0],)) if op.options.get("keep_num_dims") else y
     if name == "CONV_2D":
         groups = x.shape[3] // w.shape[3]
@@ -176,4 +176,4 @@ def _linear(model, op, get, out, kernels):
     if hybrid:
         return _core.conv2d_hybrid(x, f, scales, bias, kernels=kernels, depthwise=name == "DEPTHWISE_CONV_2D",
                                    **geometry)
-    return _core.conv2d_f32(x, f.astype(np.float32), bias, **geometry)
+    return _core.conv2d_f32(x, f.astype(np.float32), bias, kernels=kernels, **geometry)

@@ -124,7 +124,8 @@ void bind_hybrid(py::module_& m) {
 
   m.def(
       "fully_connected_f32",
-      [](const py::handle& x, const py::handle& filter, const py::object& bias, float lo, float hi) {
+      [](const py::handle& x, const py::handle& filter, const py::object& bias, const std::string& kernels, float lo,
+         float hi) {
         const char* fn = "fully_connected_f32";
         auto xi = array_in<float>(x, fn, "x");
         auto fi = array_in<float>(filter, fn, "filter");
@@ -133,38 +134,40 @@ void bind_hybrid(py::module_& m) {
                      qdrift::shape_to_string(xi.shape));
         py::array keep;
         const float* b = optional_floats(bias, keep, fi.shape[0], fn, "bias");
+        const qdrift::KernelPath path = qdrift::parse_kernel_path(kernels);
         auto y = array_out<float>({xi.shape[0], fi.shape[0]});
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          qdrift::fully_connected_f32(xi.data, xi.shape[0], xi.shape[1], fi.data, fi.shape[0], b, lo, hi, yp);
+          qdrift::fully_connected_f32(path, xi.data, xi.shape[0], xi.shape[1], fi.data, fi.shape[0], b, lo, hi, yp);
         }
         return y;
       },
-      "x"_a, "filter"_a, "bias"_a, py::kw_only(), "lo"_a = -INFINITY, "hi"_a = INFINITY,
-      "float32 FULLY_CONNECTED as TFLite's reference kernel sums: filter (out, in).");
+      "x"_a, "filter"_a, "bias"_a, py::kw_only(), "kernels"_a, "lo"_a = -INFINITY, "hi"_a = INFINITY,
+      "float32 FULLY_CONNECTED in the summation order of a LiteRT path: filter (out, in).");
 
   m.def(
       "conv2d_f32",
-      [](const py::handle& x, const py::handle& filter, const py::object& bias, Pair strides,
-         const std::string& padding, Pair dilation, std::size_t groups, float lo, float hi) {
+      [](const py::handle& x, const py::handle& filter, const py::object& bias, const std::string& kernels,
+         Pair strides, const std::string& padding, Pair dilation, std::size_t groups, float lo, float hi) {
         const char* fn = "conv2d_f32";
         auto xi = array_in<float>(x, fn, "x");
         auto fi = array_in<float>(filter, fn, "filter");
         const qdrift::ConvGeometry g = geometry(xi.shape, fi.shape, strides, padding, dilation, groups, fn);
         py::array keep;
         const float* b = optional_floats(bias, keep, g.o, fn, "bias");
+        const qdrift::KernelPath path = qdrift::parse_kernel_path(kernels);
         auto y = array_out<float>({g.n, g.oh, g.ow, g.o});
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          qdrift::conv2d_f32(g, xi.data, fi.data, b, lo, hi, yp);
+          qdrift::conv2d_f32(path, g, xi.data, fi.data, b, lo, hi, yp);
         }
         return y;
       },
-      "x"_a, "filter"_a, "bias"_a, py::kw_only(), "strides"_a = Pair{1, 1}, "padding"_a = "valid",
+      "x"_a, "filter"_a, "bias"_a, py::kw_only(), "kernels"_a, "strides"_a = Pair{1, 1}, "padding"_a = "valid",
       "dilation"_a = Pair{1, 1}, "groups"_a = 1, "lo"_a = -INFINITY, "hi"_a = INFINITY,
-      "float32 CONV_2D as TFLite's reference kernel sums: filter (KH, KW, C/groups, O), taps ky, kx, ic.");
+      "float32 CONV_2D in the summation order of a LiteRT path: filter (KH, KW, C/groups, O).");
 
   m.def(
       "activation_f32",

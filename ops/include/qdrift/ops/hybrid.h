@@ -58,14 +58,17 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
                    const float* filter_scale, std::size_t n_scales, const float* bias, bool depthwise, float lo,
                    float hi, float* y);
 
-// ---- float32 kernels as TFLite's reference kernels compute them -----------------------------
-// Sequential float32 accumulation in the kernels' loop order (taps ky, kx, ic; no FMA), then
-// + bias, then clamp. The builtin (Eigen/ruy) and XNNPACK kernels block and fuse the sums
-// differently; tests bound the difference.
-void fully_connected_f32(const float* x, std::size_t batch, std::size_t in, const float* filter, std::size_t out,
-                         const float* bias, float lo, float hi, float* y);
-void conv2d_f32(const ConvGeometry& g, const float* x, const float* filter, const float* bias, float lo, float hi,
-                float* y);
+// ---- float32 kernels, each path's summation order ---------------------------------------------
+// reference: sequential float32 sum over the taps (FC: i; conv: ky, kx, ic), then + bias (no FMA).
+// builtin: FC with batch 1, >= 4 outputs and >= 4 inputs runs TFLite's custom GEMV (NEON code via
+//   NEON_2_SSE): 4 lanes summing columns i = l mod 4, the last partial group re-reading the final
+//   4 columns with the already-summed lanes zeroed, reduced as (l0 + l1) + (l2 + l3), + bias;
+//   everything else sums as the reference does (measured equal on the wheel).
+// xnnpack: fused multiply-adds starting from the bias, taps in the reference order.
+void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
+                         std::size_t out, const float* bias, float lo, float hi, float* y);
+void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
+                float lo, float hi, float* y);
 
 // Float TANH / LOGISTIC as the reference kernels compute them: std::tanh; logistic
 // 1 / (1 + exp(-x)) with TFLite's cut-offs (1 above 16.619047, exp(x) below -9).
