@@ -74,10 +74,30 @@ def random_model(rng, trial):
                              L.Dense(int(rng.integers(2, 40)), activation=act), L.Dense(3)]), shape, kind, big
 
 
+def scaled_ulps(ours, expected):
+    """max |ours - expected| in units of the float32 spacing at the largest |expected| (cancellation
+    near zero would make a plain ulp count meaningless), and the plain ulp count."""
+    top = np.spacing(np.float32(np.abs(expected).max()) or np.float32(1))
+    return float(np.abs(ours.astype(np.float64) - expected).max() / top), int(ulps(ours, expected).max())
+
+
+COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TANH", "LOGISTIC")
+
+
+def only_hybrid(tm):
+    """Every compute op is a hybrid (int8-weight) FC / conv: no float sums, no float TANH."""
+    ops = [(sg, op) for sg in tm.subgraphs for op in sg.ops if op.name in COMPUTE_OPS]
+    return bool(ops) and all(op.name not in ("TANH", "LOGISTIC") and sg.tensors[op.inputs[1]].dtype == np.int8
+                             for sg, op in ops)
+
+
 def run_all(rng, profile, n_models):
-    """Every model on every path: returns, per path, the worst ulp difference and which model."""
-    worst = {k: (0, None) for k in RESOLVERS}
+    """Every model on every path. Returns, per path, the worst scaled-ulp difference over all
+    models (with the model that produced it) and the number of models reproduced exactly, and
+    the worst difference over the models made only of hybrid ops."""
+    worst = {k: (0.0, 0, None) for k in RESOLVERS}
     exact = {k: 0 for k in RESOLVERS}
+    hybrid_worst, n_hybrid = 0, 0
     for trial in range(n_models):
         km, shape, kind, big = random_model(rng, trial)
         km.set_weights([rng.normal(0, 0.4, w.shape).astype(np.float32) for w in km.get_weights()])
@@ -87,19 +107,44 @@ def run_all(rng, profile, n_models):
         x = rng.normal(size=(batch,) + shape).astype(np.float32)
         if trial % 10 == 9:
             x[0] = 0.0     # an all-zero image / row (hybrid kernels skip or zero-quantize it)
+        hybrid = only_hybrid(tm)
+        n_hybrid += hybrid
         for kernels in RESOLVERS:
             _, expected = run_litert(flatbuffer, kernels, x)
             ours = tm.run(x, kernels=kernels)
             assert ours.shape == expected.shape, (profile, kind, kernels, trial)
-            d = int(ulps(ours, expected).max())
-            exact[kernels] += d == 0
-            if d > worst[kernels][0]:
-                worst[kernels] = (d, (trial, kind, big, kernels, [op.name for op in tm.ops]))
-    return worst, exact
+            scaled, plain = scaled_ulps(ours, expected)
+            exact[kernels] += plain == 0
+            if hybrid:
+                hybrid_worst = max(hybrid_worst, plain)
+            if scaled > worst[kernels][0]:
+                worst[kernels] = (scaled, plain, (trial, kind, big, layer_summary(km)))
+    return worst, exact, hybrid_worst, n_hybrid
+
+
+def layer_summary(km):
+    return [(type(layer).__name__, layer.get_config().get("activation")) for layer in km.layers]
+
+
+# Largest difference measured over the whole test set (default seed), per path, in units of the
+# float32 spacing at the output's largest magnitude. Causes, by path:
+# - reference: none; every model reproduces bit for bit (asserted exactly).
+# - builtin: the float TANH/LOGISTIC kernels use Eigen's rational approximation (qdrift uses
+#   std::tanh as the reference kernel does), and small float conv / depthwise sum in Eigen's
+#   blocked order. Under dynamic range a 1-ulp TANH difference in a SimpleRNN step can move the
+#   next step's hybrid input quantization by one code, so RNN outputs differ by up to one
+#   quantization step, the bulk of the bound.
+# - xnnpack: the same, with XNNPACK's own tanh / sigmoid approximations and depthwise tap order.
+BOUNDS = {"dynamic": {"reference": 0, "builtin": None, "xnnpack": None},
+          "fp16": {"reference": 0, "builtin": None, "xnnpack": None}}
 
 
 @pytest.mark.parametrize("profile", ["dynamic", "fp16"])
 def test_random_models_equal_litert(rng, profile):
-    worst, exact = run_all(rng, profile, MODELS_PER_PROFILE)
-    print(profile, worst, exact)
-    assert worst["reference"][0] == 0, worst["reference"]
+    worst, exact, hybrid_worst, n_hybrid = run_all(rng, profile, MODELS_PER_PROFILE)
+    print(profile, worst, exact, hybrid_worst, n_hybrid)
+    assert exact["reference"] == MODELS_PER_PROFILE, worst["reference"]
+    # Models made only of hybrid FC / conv / depthwise ops: bit-exact on every path (the integer
+    # part, the input quantization and the float epilogue are all reproduced).
+    assert hybrid_worst == 0
+    assert n_hybrid >= (15 if profile == "dynamic" else 0)
