@@ -304,6 +304,21 @@ void tanh_f32(const float* x, std::size_t n, float* y) {
   for (std::size_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
 }
 
+void tanh_eigen_f32(const float* x, std::size_t n, float* y) {
+  // Coefficients of Eigen's ptanh_float (numerator odd, denominator even; highest power first).
+  constexpr float alpha[] = {1.394553628e-8f, 2.102733560e-5f, 3.520756727e-3f, 1.340216100e-1f};
+  constexpr float beta[] = {8.015776984e-7f, 3.326951409e-4f, 2.597254514e-2f, 4.673548340e-1f, 1.0f};
+  const float clamp = 7.90738964080810547f;   // the non-FMA build's value
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::min(std::max(x[i], -clamp), clamp);
+    const float v2 = v * v, v3 = v2 * v;
+    float p = alpha[0], q = beta[0];
+    for (std::size_t k = 1; k < 4; ++k) p = p * v2 + alpha[k];
+    for (std::size_t k = 1; k < 5; ++k) q = q * v2 + beta[k];
+    y[i] = (v3 * p + v) / q;   // x (1 + x^2 p(x^2)) / q(x^2)
+  }
+}
+
 void logistic_f32(const float* x, std::size_t n, float* y) {
   const float upper = 16.619047164916992188f, lower = -9.0f;
   for (std::size_t i = 0; i < n; ++i)

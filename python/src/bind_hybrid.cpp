@@ -173,11 +173,13 @@ void bind_hybrid(py::module_& m) {
       "activation_f32",
       [](const py::handle& x, const std::string& function) {
         auto xi = array_in<float>(x, "activation_f32", "x");
-        QDRIFT_CHECK(function == "tanh" || function == "logistic", qdrift::ConfigError,
-                     "activation_f32: function must be tanh or logistic, got '", function, "'");
+        QDRIFT_CHECK(function == "tanh" || function == "tanh_eigen" || function == "logistic", qdrift::ConfigError,
+                     "activation_f32: function must be tanh, tanh_eigen or logistic, got '", function, "'");
         auto y = array_out<float>(xi.shape);
-        (function == "tanh" ? qdrift::tanh_f32 : qdrift::logistic_f32)(xi.data, xi.size(), y.mutable_data());
+        auto* f = function == "tanh" ? qdrift::tanh_f32 : function == "tanh_eigen" ? qdrift::tanh_eigen_f32
+                                                                                   : qdrift::logistic_f32;
+        f(xi.data, xi.size(), y.mutable_data());
         return y;
       },
-      "x"_a, "function"_a, "float32 TANH / LOGISTIC as TFLite's reference kernels compute them.");
+      "x"_a, "function"_a, "float32 TANH / LOGISTIC as TFLite's reference kernels compute them; tanh_eigen: the builtin TANH.");
 }

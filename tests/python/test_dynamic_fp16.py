@@ -148,3 +148,110 @@ def test_random_models_equal_litert(rng, profile):
     # part, the input quantization and the float epilogue are all reproduced).
     assert hybrid_worst == 0
     assert n_hybrid >= (15 if profile == "dynamic" else 0)
+
+
+def test_canonical_examples(rng):
+    """The three canonical models under dynamic range and float16: every weight tensor is far below
+    the 1024-element threshold (so dynamic range leaves them float32) and 1.5 and 1.0 are exact in
+    float16, so both profiles compute the float model; qdrift equals LiteRT on every path."""
+    dense = keras.Sequential([keras.Input((1,)), L.Dense(1, use_bias=False)])
+    dense.set_weights([np.array([[1.5]], np.float32)])
+    conv = keras.Sequential([keras.Input((5, 5, 1)), L.Conv2D(1, 3, use_bias=False)])
+    conv.set_weights([np.ones((3, 3, 1, 1), np.float32)])
+    cases = [(dense, np.array([[2.0]], np.float32), 3.0), (conv, np.ones((1, 5, 5, 1), np.float32), 9.0)]
+    for unroll in (False, True):
+        rnn = keras.Sequential([keras.Input((5, 1), batch_size=1), L.SimpleRNN(4, use_bias=False, unroll=unroll)])
+        rnn.set_weights([np.ones((1, 4), np.float32), np.ones((4, 4), np.float32)])
+        cases.append((rnn, np.ones((1, 5, 1), np.float32), None))
+    for km, x, exact in cases:
+        for profile in ("dynamic", "fp16"):
+            flatbuffer = convert(km, profile)
+            tm = qd.from_tflite(flatbuffer)
+            assert not any(t.dtype == np.int8 for t in tm.tensors), "no weight reaches the hybrid threshold"
+            for kernels in RESOLVERS:
+                _, expected = run_litert(flatbuffer, kernels, x)
+                ours = tm.run(x, kernels=kernels)
+                assert np.array_equal(ours, expected), (profile, kernels, ours.ravel()[:4], expected.ravel()[:4])
+            if exact is not None:
+                assert np.all(ours == exact)            # float arithmetic: 2.0 * 1.5 and nine 1.0s are exact
+            else:   # h1 = tanh(1), h_t = tanh(1 + 4 h_{t-1}): the float recurrence, 0.99999 after 5 steps
+                assert np.allclose(ours, np.asarray(km(x)), rtol=0, atol=2e-7), ours  # float32 tanh ulps
+
+
+def hybrid_dense(n):
+    """Dense(n, n) with an identity kernel (n*n >= 1024 weights: int8 per channel, scale 1/127, q = 127
+    on the diagonal): output o is (q_o - zp) * f32(s_row * s_w) * 127, so it reveals each quantized input."""
+    km = keras.Sequential([keras.Input((n,)), L.Dense(n, use_bias=False)])
+    km.set_weights([np.eye(n, dtype=np.float32)])
+    return convert(km, "dynamic")
+
+
+NEAR_HALF = np.float32(0.5) - np.float32(2.0 ** -25)     # 0.49999997: v + 0.5 rounds up to 1.0 in float32
+
+
+def test_hybrid_fc_input_rounding_on_the_wheel():
+    """Asymmetric per-row input quantization of hybrid FULLY_CONNECTED (asymmetric_quantize_inputs is
+    set by the converter). Row [255, ties...]: range 255, scale 1, zp -128, inv 1, so x * inv = x.
+    TFLite (reference and builtin alike) rounds x*inv first and adds zp after, half away from zero,
+    except that whole blocks of 8 use NEON's pre-v8 RoundToNearest, trunc(v + 0.5): 0.49999997 gives 1
+    there and 0 in the tail. XNNPACK rounds half to even everywhere. Portable TFLite would give
+    RHA(zp + x), i.e. 0 for x = 0.5 -- the wheel does not run the portable code."""
+    n = 33                                                   # 4 blocks of 8 and a one-element tail
+    flatbuffer = hybrid_dense(n)
+    tm = qd.from_tflite(flatbuffer)
+    x = np.zeros((1, n), np.float32)
+    x[0, 0] = 255.0
+    for i, v in {1: 0.5, 2: 1.5, 3: 2.5, 4: NEAR_HALF, 5: -0.0, 32: NEAR_HALF}.items():
+        x[0, i] = v
+    want = {"reference": [1, 2, 3, 1, 0, 0], "builtin": [1, 2, 3, 1, 0, 0], "xnnpack": [0, 2, 2, 0, 0, 0]}
+    for kernels in RESOLVERS:
+        _, expected = run_litert(flatbuffer, kernels, x)
+        ours = tm.run(x, kernels=kernels)
+        assert np.array_equal(ours, expected), kernels
+        codes = np.rint(expected[0, [1, 2, 3, 4, 5, 32]] * 255 / expected[0, 0]).astype(int)  # (q - zp) per input
+        assert codes.tolist() == want[kernels], (kernels, codes)
+    q, scale, zp = _core.quantize_rows(x, "tflite_asymmetric")
+    assert (scale[0], zp[0]) == (1.0, -128) and (q[0, [1, 4, 32]] + 128).tolist() == [1, 1, 0]
+
+
+def test_hybrid_conv_symmetric_input_rounding_on_the_wheel():
+    """Hybrid CONV_2D whose channel scales are all equal takes the per-tensor path: symmetric
+    per-image quantization (tflite-semantics.md §10 item 10). Image of 27 values [254, ...]: range 254,
+    inv = 0.5. Ties (x = 1 -> 0.5) round away from zero at every position on the wheel -- not half
+    to even in the blocks of 8 as §5.2 said; only 0.49999997 (x = 0.99999994) shows the block/tail
+    split. XNNPACK quantizes the image asymmetrically (qd8), half to even."""
+    c, o = 9, 114                                            # 1x1 kernel, 9 x 114 = 1026 weights, all scales equal
+    w = np.zeros((1, 1, c, o), np.float32)
+    w[0, 0, np.arange(o) % c, np.arange(o)] = 1.0
+    km = keras.Sequential([keras.Input((1, 3, c)), L.Conv2D(o, 1, use_bias=False)])
+    km.set_weights([w])
+    flatbuffer = convert(km, "dynamic")
+    tm = qd.from_tflite(flatbuffer)
+    x = np.zeros((1, 1, 3, c), np.float32)
+    flat = x.reshape(-1)
+    ties = {1: 1.0, 2: -1.0, 3: 3.0, 4: 2 * NEAR_HALF, 24: -1.0, 25: 1.0, 26: 2 * NEAR_HALF}   # 24.. = tail
+    flat[0] = 254.0
+    for i, v in ties.items():
+        flat[i] = v
+    for kernels in RESOLVERS:
+        _, expected = run_litert(flatbuffer, kernels, x)
+        assert np.array_equal(tm.run(x, kernels=kernels), expected), kernels
+        if kernels != "xnnpack":
+            codes = np.rint(expected.reshape(-1, o)[:, :c].reshape(-1)[list(ties)] / 2).astype(int)  # s_row * 127 s_w = 2
+            assert codes.tolist() == [1, -1, 2, 1, -1, 1, 0], (kernels, codes)
+
+
+def test_all_zero_inputs():
+    """§10 item 12: an all-zero input to hybrid FC skips the matmul (output = bias); a zero row in a
+    non-zero batch quantizes to q = 0 with scale 1. Checked against LiteRT on every path."""
+    km = keras.Sequential([keras.Input((40,)), L.Dense(30, activation="relu")])
+    rng = np.random.default_rng(7)
+    km.set_weights([rng.normal(0, 0.4, w.shape).astype(np.float32) for w in km.get_weights()])
+    flatbuffer = convert(km, "dynamic")
+    tm = qd.from_tflite(flatbuffer)
+    for x in (np.zeros((2, 40), np.float32), np.stack([np.zeros(40), rng.normal(size=40)]).astype(np.float32)):
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(tm.run(x, kernels=kernels), expected), kernels
+        bias = km.get_weights()[1]
+        assert np.array_equal(expected[0], np.maximum(bias, 0))     # the zero row gives relu(bias) exactly

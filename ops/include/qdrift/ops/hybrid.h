@@ -73,6 +73,10 @@ void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
 // Float TANH / LOGISTIC as the reference kernels compute them: std::tanh; logistic
 // 1 / (1 + exp(-x)) with TFLite's cut-offs (1 above 16.619047, exp(x) below -9).
 void tanh_f32(const float* x, std::size_t n, float* y);
+// The builtin (optimized) float TANH: Eigen's ptanh_float as pinned by the wheel, a [9/8] rational
+// minimax fit in x^2 evaluated without FMA, input clamped to +-7.90738964 (where it reaches 1).
+// Matched bit for bit against BUILTIN_WITHOUT_DEFAULT_DELEGATES (tests/python/test_dynamic_fp16.py).
+void tanh_eigen_f32(const float* x, std::size_t n, float* y);
 void logistic_f32(const float* x, std::size_t n, float* y);
 
 }  // namespace qdrift
