@@ -319,6 +319,22 @@ void tanh_eigen_f32(const float* x, std::size_t n, float* y) {
   }
 }
 
+void tanh_xnnpack_f32(const float* x, std::size_t n, float* y) {
+  constexpr float alpha[] = {1.4248920266e-08f, 2.1235626264e-05f, 3.5330520477e-03f, 1.3412411511e-01f, 1.0f};
+  constexpr float beta[] = {8.1365948290e-07f, 3.3472978976e-04f, 2.6018999517e-02f, 4.6745735407e-01f, 1.0f};
+  const float clamp = 7.9807181358e+00f;   // the FMA build's value
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::min(std::max(x[i], -clamp), clamp);
+    const float v2 = v * v;
+    float p = alpha[0], q = beta[0];
+    for (std::size_t k = 1; k < 5; ++k) {
+      p = std::fma(v2, p, alpha[k]);
+      q = std::fma(v2, q, beta[k]);
+    }
+    y[i] = (v * p) / q;
+  }
+}
+
 void logistic_f32(const float* x, std::size_t n, float* y) {
   const float upper = 16.619047164916992188f, lower = -9.0f;
   for (std::size_t i = 0; i < n; ++i)

@@ -141,9 +141,12 @@ def _single(model, op, get, out, kernels):
             y = np.clip(y, np.float32(lo), np.float32(hi)).astype(np.float32)
         return y
     if name in ("TANH", "LOGISTIC"):
-        # The builtin TANH is Eigen's approximation; XNNPACK's own tanh / sigmoid and the builtin
-        # LOGISTIC are not reproduced (std:: functions; the tests bound the difference).
-        function = "tanh_eigen" if name == "TANH" and kernels == "builtin" else name.lower()
+        # TANH: each path's approximation, bit for bit. LOGISTIC on builtin (Eigen's packet
+        # logistic) and XNNPACK (a lookup-table exp) is not reproduced: the reference formula
+        # stands in, and tests/python/test_dynamic_fp16.py bounds the difference.
+        function = name.lower()
+        if name == "TANH" and kernels != "reference":
+            function = "tanh_eigen" if kernels == "builtin" else "tanh_xnnpack"
         return _core.activation_f32(np.ascontiguousarray(get(0), np.float32), function)
     return _linear(model, op, get, out, kernels)
 

@@ -173,13 +173,19 @@ void bind_hybrid(py::module_& m) {
       "activation_f32",
       [](const py::handle& x, const std::string& function) {
         auto xi = array_in<float>(x, "activation_f32", "x");
-        QDRIFT_CHECK(function == "tanh" || function == "tanh_eigen" || function == "logistic", qdrift::ConfigError,
-                     "activation_f32: function must be tanh, tanh_eigen or logistic, got '", function, "'");
+        using Fn = void (*)(const float*, std::size_t, float*);
+        const std::pair<const char*, Fn> table[] = {{"tanh", qdrift::tanh_f32},
+                                                    {"tanh_eigen", qdrift::tanh_eigen_f32},
+                                                    {"tanh_xnnpack", qdrift::tanh_xnnpack_f32},
+                                                    {"logistic", qdrift::logistic_f32}};
+        Fn f = nullptr;
+        for (const auto& [name, fn] : table)
+          if (function == name) f = fn;
+        QDRIFT_CHECK(f != nullptr, qdrift::ConfigError, "activation_f32: function must be tanh, tanh_eigen, "
+                     "tanh_xnnpack or logistic, got '", function, "'");
         auto y = array_out<float>(xi.shape);
-        auto* f = function == "tanh" ? qdrift::tanh_f32 : function == "tanh_eigen" ? qdrift::tanh_eigen_f32
-                                                                                   : qdrift::logistic_f32;
         f(xi.data, xi.size(), y.mutable_data());
         return y;
       },
-      "x"_a, "function"_a, "float32 TANH / LOGISTIC as TFLite's reference kernels compute them; tanh_eigen: the builtin TANH.");
+      "x"_a, "function"_a, "float32 TANH / LOGISTIC as TFLite's reference kernels compute them; tanh_eigen / tanh_xnnpack: the builtin / XNNPACK TANH.");
 }

@@ -211,7 +211,7 @@ def test_hybrid_fc_input_rounding_on_the_wheel():
         codes = np.rint(expected[0, [1, 2, 3, 4, 5, 32]] * 255 / expected[0, 0]).astype(int)  # (q - zp) per input
         assert codes.tolist() == want[kernels], (kernels, codes)
     q, scale, zp = _core.quantize_rows(x, "tflite_asymmetric")
-    assert (scale[0], zp[0]) == (1.0, -128) and (q[0, [1, 4, 32]] + 128).tolist() == [1, 1, 0]
+    assert (scale[0], zp[0]) == (1.0, -128) and (q[0, [1, 4, 32]].astype(int) + 128).tolist() == [1, 1, 0]
 
 
 def test_hybrid_conv_symmetric_input_rounding_on_the_wheel():

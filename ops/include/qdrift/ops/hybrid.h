@@ -77,6 +77,10 @@ void tanh_f32(const float* x, std::size_t n, float* y);
 // minimax fit in x^2 evaluated without FMA, input clamped to +-7.90738964 (where it reaches 1).
 // Matched bit for bit against BUILTIN_WITHOUT_DEFAULT_DELEGATES (tests/python/test_dynamic_fp16.py).
 void tanh_eigen_f32(const float* x, std::size_t n, float* y);
+// XNNPACK's float tanh on an AVX-512 / FMA3 machine (f32-vtanh rational_9_8_div): its own [9/8]
+// rational fit, evaluated with fused multiply-adds, input clamped to +-7.9807181 (matched bit for
+// bit against the default interpreter).
+void tanh_xnnpack_f32(const float* x, std::size_t n, float* y);
 void logistic_f32(const float* x, std::size_t n, float* y);
 
 }  // namespace qdrift
