@@ -189,14 +189,19 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
   const bool symmetric = !xnnpack && !depthwise && equal_scales && g.groups == 1;   // conv.cc EvalHybrid
   const InputRule rule =
       xnnpack ? InputRule::kXnnpack : symmetric ? InputRule::kTfliteSymmetric : InputRule::kTfliteAsymmetric;
-  const QuantizedRows r = quantize_rows(rule, x, g.n, image);
+  // XNNPACK runs a 1x1, stride-1 convolution as a fully connected layer: one quantization per
+  // pixel instead of per image (measured).
+  const bool per_pixel = xnnpack && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.groups == 1;
+  const std::size_t row = per_pixel ? g.c : image;
+  const QuantizedRows r = quantize_rows(rule, x, g.n * image / row, row);
   const std::size_t tail_start = g.o / 4 * 4;   // optimized depthwise: channel blocks of 4, then a tail
   for (std::size_t n = 0; n < g.n; ++n)
     for (std::size_t oy = 0; oy < g.oh; ++oy)
       for (std::size_t ox = 0; ox < g.ow; ++ox)
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           const std::size_t group = oc / g.og();
-          const std::int32_t zp = r.zero_point[n];
+          const std::size_t qrow = per_pixel ? (n * g.h + oy) * g.w + ox : n;   // 1x1 stride 1: pixel = output
+          const std::int32_t zp = r.zero_point[qrow];
           std::int32_t acc = 0;   // sum w * (q - zp); padded taps equal zp and add nothing
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
             const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
@@ -211,7 +216,7 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
                 acc += filter[((ky * g.kw + kx) * g.cg() + ic) * g.o + oc] * (qp[ic] - zp);
             }
           }
-          const float a = static_cast<float>(acc), sf = r.scale[n];
+          const float a = static_cast<float>(acc), sf = r.scale[qrow];
           const float pcs = symmetric ? filter_scale[0] : filter_scale_of(filter_scale, n_scales, oc);
           const float b = bias ? bias[oc] : 0.0f;
           float v = 0.0f;

@@ -54,7 +54,7 @@ def random_model(rng, trial):
         common = dict(strides=int(rng.integers(1, 3)), padding=str(rng.choice(["same", "valid"])),
                       activation=str(rng.choice(["linear", "relu", "relu6"])))
         if kind == "conv":
-            k = 3
+            k = int(rng.choice([1, 3]))       # XNNPACK runs 1x1 stride-1 conv as FC (per-pixel quantization)
             filters = int(rng.integers(1024 // (k * k * c) + 1, 1024 // (k * k * c) + 8)) if big \
                 else int(rng.integers(1, 5))
             return keras.Sequential([keras.Input(shape), L.Conv2D(filters, k, **common)]), shape, kind, big
