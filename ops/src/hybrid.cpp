@@ -241,32 +241,69 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 
 namespace {
 
-// TFLite's float custom GEMV for one output row (cpu_backend_gemm_custom_gemv.h).
-float custom_gemv_row(const float* x, const float* w, std::size_t in) {
-  float lane[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  std::size_t i = 0;
-  for (; i + 4 <= in; i += 4)
-    for (std::size_t l = 0; l < 4; ++l) lane[l] += w[i + l] * x[i + l];
-  if (i < in) {   // the last 4 columns again, with the lanes already summed fed a zero input
-    const std::size_t first = in - 4, back = i + 4 - in;
-    for (std::size_t l = 0; l < 4; ++l) lane[l] += w[first + l] * (l < back ? 0.0f : x[first + l]);
+// The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
+// output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
+enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux };
+
+// How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
+// a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
+// the blocked GEMM, which sums each output sequentially over depth (for depth below its k block).
+EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
+  if (cols == 1 || out == 1) return EigenSum::kGemv;
+  if (out + depth + cols < 20) return EigenSum::kRedux;
+  return EigenSum::kSequential;
+}
+
+// One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
+float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth) {
+  if (order == EigenSum::kSequential || depth < 4) {
+    float t = 0.0f;
+    if (order == EigenSum::kRedux && depth > 0) {   // redux starts from the first product, not 0
+      t = x[0] * w[0];
+      for (std::size_t i = 1; i < depth; ++i) t += x[i] * w[i];
+      return t;
+    }
+    for (std::size_t i = 0; i < depth; ++i) t += x[i] * w[i];
+    return t;
   }
-  return (lane[0] + lane[1]) + (lane[2] + lane[3]);
+  float lane[4], lane1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const std::size_t end = depth / 4 * 4;
+  for (std::size_t l = 0; l < 4; ++l) lane[l] = order == EigenSum::kGemv ? 0.0f + x[l] * w[l] : x[l] * w[l];
+  if (order == EigenSum::kGemv) {   // one accumulator per row: c += x * w packet by packet
+    for (std::size_t i = 4; i < end; i += 4)
+      for (std::size_t l = 0; l < 4; ++l) lane[l] += x[i + l] * w[i + l];
+  } else {                          // redux: two accumulators over pairs of packets, then merged
+    const std::size_t end2 = depth / 8 * 8;
+    if (end > 4) {
+      for (std::size_t l = 0; l < 4; ++l) lane1[l] = x[4 + l] * w[4 + l];
+      for (std::size_t i = 8; i < end2; i += 8)
+        for (std::size_t l = 0; l < 4; ++l) {
+          lane[l] += x[i + l] * w[i + l];
+          lane1[l] += x[i + 4 + l] * w[i + 4 + l];
+        }
+      for (std::size_t l = 0; l < 4; ++l) lane[l] += lane1[l];
+      if (end > end2)
+        for (std::size_t l = 0; l < 4; ++l) lane[l] += x[end2 + l] * w[end2 + l];
+    }
+  }
+  float t = (lane[0] + lane[2]) + (lane[1] + lane[3]);   // SSE predux: (a0 + a2) + (a1 + a3)
+  for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
+  return t;
 }
 
 }  // namespace
 
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
                          std::size_t out, const float* bias, float lo, float hi, float* y) {
-  const bool gemv = path == KernelPath::kBuiltin && batch == 1 && out >= 4 && in >= 4;
+  const EigenSum order = eigen_sum_order(out, in, batch);
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t o = 0; o < out; ++o) {
       const float* xr = x + b * in;
       const float* wr = filter + o * in;
       const float bo = bias ? bias[o] : 0.0f;
       float v = 0.0f;
-      if (gemv) {
-        v = custom_gemv_row(xr, wr, in) + bo;
+      if (path == KernelPath::kBuiltin) {
+        v = eigen_dot(order, xr, wr, in) + bo;
       } else if (path == KernelPath::kXnnpack) {
         v = bo;
         for (std::size_t i = 0; i < in; ++i) v = std::fma(xr[i], wr[i], v);
@@ -278,9 +315,51 @@ void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
     }
 }
 
+namespace {
+
+// The builtin conv: each output pixel's patch (ky, kx, c; padding as zeros) is a column of the
+// im2col matrix, multiplied by the filter rows (O, KH*KW*C) in the builtin GEMM's order.
+void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, float lo,
+                       float hi, float* y) {
+  const std::size_t depth = g.kh * g.kw * g.c, pixels = g.n * g.oh * g.ow;
+  const EigenSum order = eigen_sum_order(g.o, depth, pixels);
+  std::vector<float> rows(g.o * depth), patch(depth);
+  for (std::size_t oc = 0; oc < g.o; ++oc)   // (KH, KW, C, O) -> filter rows (O, KH*KW*C)
+    for (std::size_t k = 0; k < depth; ++k) rows[oc * depth + k] = filter[k * g.o + oc];
+  for (std::size_t n = 0; n < g.n; ++n)
+    for (std::size_t oy = 0; oy < g.oh; ++oy)
+      for (std::size_t ox = 0; ox < g.ow; ++ox) {
+        for (std::size_t ky = 0; ky < g.kh; ++ky)
+          for (std::size_t kx = 0; kx < g.kw; ++kx) {
+            const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+            float* dst = patch.data() + (ky * g.kw + kx) * g.c;
+            if (iy < 0 || ix < 0) {
+              std::fill(dst, dst + g.c, 0.0f);
+            } else {
+              const float* src =
+                  x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c;
+              std::copy(src, src + g.c, dst);
+            }
+          }
+        float* out = y + ((n * g.oh + oy) * g.ow + ox) * g.o;
+        for (std::size_t oc = 0; oc < g.o; ++oc)
+          out[oc] = clampf(eigen_dot(order, patch.data(), rows.data() + oc * depth, depth) + (bias ? bias[oc] : 0.0f),
+                           lo, hi);
+      }
+}
+
+}  // namespace
+
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
                 float lo, float hi, float* y) {
+  if (path == KernelPath::kBuiltin && g.groups == 1) {   // im2col, then the builtin float GEMM
+    conv2d_f32_im2col(g, x, filter, bias, lo, hi, y);
+    return;
+  }
   const bool fused = path == KernelPath::kXnnpack;
+  // XNNPACK's depthwise kernels walk the taps column by column (kx outer, ky inner).
+  const bool columns_first = fused && g.cg() == 1 && g.groups > 1;
   for (std::size_t n = 0; n < g.n; ++n)
     for (std::size_t oy = 0; oy < g.oh; ++oy)
       for (std::size_t ox = 0; ox < g.ow; ++ox)
@@ -288,18 +367,16 @@ void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
           const std::size_t group = oc / g.og();
           const float b = bias ? bias[oc] : 0.0f;
           float total = fused ? b : 0.0f;
-          for (std::size_t ky = 0; ky < g.kh; ++ky) {
+          for (std::size_t t = 0; t < g.kh * g.kw; ++t) {
+            const std::size_t ky = columns_first ? t % g.kh : t / g.kw, kx = columns_first ? t / g.kh : t % g.kw;
             const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
-            if (iy < 0) continue;
-            for (std::size_t kx = 0; kx < g.kw; ++kx) {
-              const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
-              if (ix < 0) continue;
-              const float* xp = x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c +
-                                group * g.cg();
-              const float* wp = filter + (ky * g.kw + kx) * g.cg() * g.o + oc;
-              for (std::size_t ic = 0; ic < g.cg(); ++ic)
-                total = fused ? std::fma(xp[ic], wp[ic * g.o], total) : total + xp[ic] * wp[ic * g.o];
-            }
+            const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+            if (iy < 0 || ix < 0) continue;   // padding adds nothing
+            const float* xp =
+                x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c + group * g.cg();
+            const float* wp = filter + (ky * g.kw + kx) * g.cg() * g.o + oc;
+            for (std::size_t ic = 0; ic < g.cg(); ++ic)
+              total = fused ? std::fma(xp[ic], wp[ic * g.o], total) : total + xp[ic] * wp[ic * g.o];
           }
           y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(fused ? total : total + b, lo, hi);
         }

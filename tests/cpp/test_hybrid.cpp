@@ -145,8 +145,8 @@ TEST_CASE("float FC summation orders: the reference chain, the custom GEMV lanes
   CHECK(y[0] == 1.0f);   // 1 + 2^-24 rounds back to 1, four times
   qdrift::fully_connected_f32(qdrift::KernelPath::kBuiltin, x.data(), 1, 5, w.data(), 4, nullptr, -INFINITY,
                               INFINITY, y.data());
-  // lanes: [1, 2^-24, 2^-24, 2^-24], then columns 1..4 again with lane 0 zeroed -> lanes [1, 2^-23,
-  // 2^-23, 2^-23]; (1 + 2^-23) + (2^-23 + 2^-23) = 1 + 2^-23 + 2^-22 -> 1 + 2^-22 (ties to even)
+  // Eigen's matrix-vector product: lanes [1, 2^-24, 2^-24, 2^-24] -> (1 + 2^-24) + (2^-24 + 2^-24)
+  // = 1 + 2^-23 (the first sum rounds back to 1), then the tail: + 2^-24 is a tie -> 1 + 2^-22 (even)
   CHECK(y[0] == 1.0f + 0x1p-22f);
   const std::vector<float> bias = {0x1p-24f, 0.0f, 0.0f, 0.0f};
   const std::vector<float> x2 = {1.0f, 0x1p-25f};

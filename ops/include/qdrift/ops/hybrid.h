@@ -60,11 +60,15 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 
 // ---- float32 kernels, each path's summation order ---------------------------------------------
 // reference: sequential float32 sum over the taps (FC: i; conv: ky, kx, ic), then + bias (no FMA).
-// builtin: FC with batch 1, >= 4 outputs and >= 4 inputs runs TFLite's custom GEMV (NEON code via
-//   NEON_2_SSE): 4 lanes summing columns i = l mod 4, the last partial group re-reading the final
-//   4 columns with the already-summed lanes zeroed, reduced as (l0 + l1) + (l2 + l3), + bias;
-//   everything else sums as the reference does (measured equal on the wheel).
-// xnnpack: fused multiply-adds starting from the bias, taps in the reference order.
+// builtin: TFLite's Eigen GEMM (filter rows x input columns; for conv the im2col patches, padding
+//   as zeros), built with SSE and without FMA. A matrix-vector product (batch 1, or one output)
+//   sums 4 lanes (i mod 4) over whole packets, reduces them as (l0 + l2) + (l1 + l3) and adds the
+//   tail sequentially; tiny products (outputs + depth + columns < 20) use Eigen's redux (two
+//   packet accumulators, merged); the rest the blocked GEMM, sequential over the depth. Then + bias.
+//   Measured bit-exact for FULLY_CONNECTED; the builtin float conv (Eigen's spatial convolution)
+//   is reproduced only in its matrix-vector cases (tests bound the rest).
+// xnnpack: fused multiply-adds starting from the bias; taps in the reference order, except
+//   depthwise (one input channel per group), which walks kx outer, ky inner.
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
                          std::size_t out, const float* bias, float lo, float hi, float* y);
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
