@@ -126,17 +126,23 @@ def layer_summary(km):
     return [(type(layer).__name__, layer.get_config().get("activation")) for layer in km.layers]
 
 
-# Largest difference measured over the whole test set (default seed), per path, in units of the
-# float32 spacing at the output's largest magnitude. Causes, by path:
-# - reference: none; every model reproduces bit for bit (asserted exactly).
-# - builtin: the float TANH/LOGISTIC kernels use Eigen's rational approximation (qdrift uses
-#   std::tanh as the reference kernel does), and small float conv / depthwise sum in Eigen's
-#   blocked order. Under dynamic range a 1-ulp TANH difference in a SimpleRNN step can move the
-#   next step's hybrid input quantization by one code, so RNN outputs differ by up to one
-#   quantization step, the bulk of the bound.
-# - xnnpack: the same, with XNNPACK's own tanh / sigmoid approximations and depthwise tap order.
-BOUNDS = {"dynamic": {"reference": 0, "builtin": None, "xnnpack": None},
-          "fp16": {"reference": 0, "builtin": None, "xnnpack": None}}
+# The largest difference measured over the whole test set at the default seed, per path, in units
+# of the float32 spacing at the output's largest magnitude (scaled_ulps), and the number of models
+# (of 100) reproduced bit for bit:
+#   dynamic: reference 0 (100), builtin 2.0 (76), xnnpack 2.0 (92)
+#   fp16:    reference 0 (100), builtin 6.0 (59), xnnpack 1.5 (85)
+# Everything else is bit-exact: hybrid FC / conv / depthwise on every path, float FC on every path,
+# float TANH on every path (std::tanh, Eigen's and XNNPACK's approximations), XNNPACK float conv
+# and depthwise. What remains, and why it is not reproduced:
+# - LOGISTIC on builtin (Eigen's packet logistic, an exp range reduction) and on XNNPACK (a
+#   32-entry table with a degree-2 polynomial): qdrift computes the reference formula; 1-2 ulps.
+# - builtin float CONV_2D / DEPTHWISE_CONV_2D with several output pixels and channels: Eigen's
+#   spatial convolution blocks the sums in its own order (only the matrix-vector cases are
+#   reproduced); 6 spacings at the largest output (4096 plain ulps on an output near zero).
+# The asserted bounds double the measured values so other seeds (QDRIFT_TEST_SEED) do not fail on
+# a slightly worse draw; the exact-count floors keep the comparison from going vacuous.
+BOUNDS = {"dynamic": {"builtin": 4.0, "xnnpack": 4.0}, "fp16": {"builtin": 12.0, "xnnpack": 3.0}}
+EXACT_AT_LEAST = {"dynamic": {"builtin": 65, "xnnpack": 80}, "fp16": {"builtin": 45, "xnnpack": 70}}
 
 
 @pytest.mark.parametrize("profile", ["dynamic", "fp16"])
@@ -148,6 +154,9 @@ def test_random_models_equal_litert(rng, profile):
     # part, the input quantization and the float epilogue are all reproduced).
     assert hybrid_worst == 0
     assert n_hybrid >= (15 if profile == "dynamic" else 0)
+    for kernels in ("builtin", "xnnpack"):
+        assert worst[kernels][0] <= BOUNDS[profile][kernels], (kernels, worst[kernels])
+        assert exact[kernels] >= EXACT_AT_LEAST[profile][kernels], (kernels, exact[kernels])
 
 
 def test_canonical_examples(rng):
