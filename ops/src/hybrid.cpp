@@ -243,7 +243,7 @@ namespace {
 
 // The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
 // output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
-enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux };
+enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGebpSwapped };
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
@@ -254,8 +254,27 @@ EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
   return EigenSum::kSequential;
 }
 
+// Within the blocked GEMM (SSE: 4-float packets, micro-tiles of 8 or 4 filter rows by 4 columns),
+// the order depends on where output (row, col) falls: rows in 8-row tiles and columns outside
+// whole groups of 4 sum sequentially; rows of the last 4-row tile alternate two accumulators over
+// whole 8-steps of depth; the leftover rows (out mod 4) run a "swapped" kernel with 4
+// accumulators (depth mod 4), merged as (c0 + c1) + (c2 + c3).
+EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols) {
+  if (col >= cols / 4 * 4 || row < out / 8 * 8) return EigenSum::kSequential;
+  return row < out / 4 * 4 ? EigenSum::kGebpPairs : EigenSum::kGebpSwapped;
+}
+
 // One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
 float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth) {
+  if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
+    const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
+    const std::size_t end = order == EigenSum::kGebpPairs ? depth / 8 * 8 : depth / 4 * 4;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (std::size_t i = 0; i < end; ++i) acc[i % ways] += x[i] * w[i];
+    float t = ways == 2 ? acc[0] + acc[1] : (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
+    return t;
+  }
   if (order == EigenSum::kSequential || depth < 4) {
     float t = 0.0f;
     if (order == EigenSum::kRedux && depth > 0) {   // redux starts from the first product, not 0
@@ -303,7 +322,8 @@ void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
       const float bo = bias ? bias[o] : 0.0f;
       float v = 0.0f;
       if (path == KernelPath::kBuiltin) {
-        v = eigen_dot(order, xr, wr, in) + bo;
+        const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch) : order;
+        v = eigen_dot(o_order, xr, wr, in) + bo;
       } else if (path == KernelPath::kXnnpack) {
         v = bo;
         for (std::size_t i = 0; i < in; ++i) v = std::fma(xr[i], wr[i], v);
@@ -342,10 +362,13 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
               std::copy(src, src + g.c, dst);
             }
           }
-        float* out = y + ((n * g.oh + oy) * g.ow + ox) * g.o;
-        for (std::size_t oc = 0; oc < g.o; ++oc)
-          out[oc] = clampf(eigen_dot(order, patch.data(), rows.data() + oc * depth, depth) + (bias ? bias[oc] : 0.0f),
+        const std::size_t col = (n * g.oh + oy) * g.ow + ox;
+        float* out = y + col * g.o;
+        for (std::size_t oc = 0; oc < g.o; ++oc) {
+          const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels) : order;
+          out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth) + (bias ? bias[oc] : 0.0f),
                            lo, hi);
+        }
       }
 }
 

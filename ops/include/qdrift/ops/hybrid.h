@@ -64,9 +64,10 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   as zeros), built with SSE and without FMA. A matrix-vector product (batch 1, or one output)
 //   sums 4 lanes (i mod 4) over whole packets, reduces them as (l0 + l2) + (l1 + l3) and adds the
 //   tail sequentially; tiny products (outputs + depth + columns < 20) use Eigen's redux (two
-//   packet accumulators, merged); the rest the blocked GEMM, sequential over the depth. Then + bias.
-//   Measured bit-exact for FULLY_CONNECTED; the builtin float conv (Eigen's spatial convolution)
-//   is reproduced only in its matrix-vector cases (tests bound the rest).
+//   packet accumulators, merged); the rest the blocked GEMM (GEBP), whose order depends on the
+//   output's micro-tile (sequential; two alternating accumulators; four "swapped" ones; see
+//   gebp_order in hybrid.cpp). Then + bias. Measured bit-exact for FULLY_CONNECTED and CONV_2D
+//   (im2col + GEMM) for depths below Eigen's k block.
 // xnnpack: fused multiply-adds starting from the bias; taps in the reference order, except
 //   depthwise (one input channel per group), which walks kx outer, ky inner.
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
