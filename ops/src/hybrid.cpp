@@ -375,12 +375,13 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
 }  // namespace
 
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
-                float lo, float hi, float* y) {
-  if (path == KernelPath::kBuiltin && g.groups == 1) {   // im2col, then the builtin float GEMM
+                bool depthwise, float lo, float hi, float* y) {
+  if (path == KernelPath::kBuiltin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
     conv2d_f32_im2col(g, x, filter, bias, lo, hi, y);
     return;
   }
   const bool fused = path == KernelPath::kXnnpack;
+  const bool from_bias = fused || (path == KernelPath::kBuiltin && depthwise);
   // XNNPACK's depthwise kernels walk the taps column by column (kx outer, ky inner).
   const bool columns_first = fused && g.cg() == 1 && g.groups > 1;
   for (std::size_t n = 0; n < g.n; ++n)
@@ -389,7 +390,7 @@ void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           const std::size_t group = oc / g.og();
           const float b = bias ? bias[oc] : 0.0f;
-          float total = fused ? b : 0.0f;
+          float total = from_bias ? b : 0.0f;
           for (std::size_t t = 0; t < g.kh * g.kw; ++t) {
             const std::size_t ky = columns_first ? t % g.kh : t / g.kw, kx = columns_first ? t / g.kh : t % g.kw;
             const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
@@ -401,7 +402,7 @@ void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
             for (std::size_t ic = 0; ic < g.cg(); ++ic)
               total = fused ? std::fma(xp[ic], wp[ic * g.o], total) : total + xp[ic] * wp[ic * g.o];
           }
-          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(fused ? total : total + b, lo, hi);
+          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(from_bias ? total : total + b, lo, hi);
         }
 }
 

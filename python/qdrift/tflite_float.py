@@ -184,4 +184,5 @@ def _linear(model, op, get, out, kernels):
     if hybrid:
         return _core.conv2d_hybrid(x, f, scales, bias, kernels=kernels, depthwise=name == "DEPTHWISE_CONV_2D",
                                    **geometry)
-    return _core.conv2d_f32(x, f.astype(np.float32), bias, kernels=kernels, **geometry)
+    return _core.conv2d_f32(x, f.astype(np.float32), bias, kernels=kernels, depthwise=name == "DEPTHWISE_CONV_2D",
+                            **geometry)

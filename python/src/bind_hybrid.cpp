@@ -149,7 +149,8 @@ void bind_hybrid(py::module_& m) {
   m.def(
       "conv2d_f32",
       [](const py::handle& x, const py::handle& filter, const py::object& bias, const std::string& kernels,
-         Pair strides, const std::string& padding, Pair dilation, std::size_t groups, float lo, float hi) {
+         Pair strides, const std::string& padding, Pair dilation, std::size_t groups, bool depthwise, float lo,
+         float hi) {
         const char* fn = "conv2d_f32";
         auto xi = array_in<float>(x, fn, "x");
         auto fi = array_in<float>(filter, fn, "filter");
@@ -161,13 +162,13 @@ void bind_hybrid(py::module_& m) {
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          qdrift::conv2d_f32(path, g, xi.data, fi.data, b, lo, hi, yp);
+          qdrift::conv2d_f32(path, g, xi.data, fi.data, b, depthwise, lo, hi, yp);
         }
         return y;
       },
       "x"_a, "filter"_a, "bias"_a, py::kw_only(), "kernels"_a, "strides"_a = Pair{1, 1}, "padding"_a = "valid",
-      "dilation"_a = Pair{1, 1}, "groups"_a = 1, "lo"_a = -INFINITY, "hi"_a = INFINITY,
-      "float32 CONV_2D in the summation order of a LiteRT path: filter (KH, KW, C/groups, O).");
+      "dilation"_a = Pair{1, 1}, "groups"_a = 1, "depthwise"_a = false, "lo"_a = -INFINITY, "hi"_a = INFINITY,
+      "float32 CONV_2D / DEPTHWISE_CONV_2D in the summation order of a LiteRT path: filter (KH, KW, C/groups, O).");
 
   m.def(
       "activation_f32",

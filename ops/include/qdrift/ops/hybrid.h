@@ -72,8 +72,10 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   depthwise (one input channel per group), which walks kx outer, ky inner.
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
                          std::size_t out, const float* bias, float lo, float hi, float* y);
+// `depthwise` marks DEPTHWISE_CONV_2D (builtin: its own kernel, which starts each sum from the
+// bias and adds the taps ky, kx in order).
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
-                float lo, float hi, float* y);
+                bool depthwise, float lo, float hi, float* y);
 
 // Float TANH / LOGISTIC as the reference kernels compute them: std::tanh; logistic
 // 1 / (1 + exp(-x)) with TFLite's cut-offs (1 above 16.619047, exp(x) below -9).
