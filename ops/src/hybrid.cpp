@@ -382,8 +382,9 @@ void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
   }
   const bool fused = path == KernelPath::kXnnpack;
   const bool from_bias = fused || (path == KernelPath::kBuiltin && depthwise);
-  // XNNPACK's depthwise kernels walk the taps column by column (kx outer, ky inner).
-  const bool columns_first = fused && g.cg() == 1 && g.groups > 1;
+  // XNNPACK's depthwise kernels (one input and one output channel per group; a depth multiplier
+  // above 1 runs as a grouped GEMM instead) walk the taps column by column (kx outer, ky inner).
+  const bool columns_first = fused && g.cg() == 1 && g.og() == 1;
   for (std::size_t n = 0; n < g.n; ++n)
     for (std::size_t oy = 0; oy < g.oh; ++oy)
       for (std::size_t ox = 0; ox < g.ow; ++ox)

@@ -69,7 +69,7 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   gebp_order in hybrid.cpp). Then + bias. Measured bit-exact for FULLY_CONNECTED and CONV_2D
 //   (im2col + GEMM) for depths below Eigen's k block.
 // xnnpack: fused multiply-adds starting from the bias; taps in the reference order, except
-//   depthwise (one input channel per group), which walks kx outer, ky inner.
+//   depthwise with one output per input channel (XNNPACK's dwconv), which walks kx outer, ky inner.
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
                          std::size_t out, const float* bias, float lo, float hi, float* y);
 // `depthwise` marks DEPTHWISE_CONV_2D (builtin: its own kernel, which starts each sum from the
