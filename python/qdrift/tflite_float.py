@@ -141,12 +141,14 @@ def _single(model, op, get, out, kernels):
             y = np.clip(y, np.float32(lo), np.float32(hi)).astype(np.float32)
         return y
     if name in ("TANH", "LOGISTIC"):
-        # TANH: each path's approximation, bit for bit. LOGISTIC on builtin (Eigen's packet
-        # logistic) and XNNPACK (a lookup-table exp) is not reproduced: the reference formula
-        # stands in, and tests/python/test_dynamic_fp16.py bounds the difference.
+        # Each path's approximation, bit for bit, except the builtin LOGISTIC (Eigen's packet
+        # logistic, not reproduced: the reference formula stands in, and
+        # tests/python/test_dynamic_fp16.py bounds the difference).
         function = name.lower()
-        if name == "TANH" and kernels != "reference":
-            function = "tanh_eigen" if kernels == "builtin" else "tanh_xnnpack"
+        if kernels == "xnnpack":
+            function += "_xnnpack"
+        elif name == "TANH" and kernels == "builtin":
+            function = "tanh_eigen"
         return _core.activation_f32(np.ascontiguousarray(get(0), np.float32), function)
     return _linear(model, op, get, out, kernels)
 
