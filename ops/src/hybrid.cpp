@@ -449,6 +449,32 @@ void logistic_f32(const float* x, std::size_t n, float* y) {
     y[i] = x[i] > upper ? 1.0f : x[i] < lower ? std::exp(x[i]) : 1.0f / (1.0f + std::exp(-x[i]));
 }
 
+void logistic_eigen_f32(const float* x, std::size_t n, float* y) {
+  const float hi = 16.6355324f, lo = -104.0f;
+  const std::size_t packets_end = n / 4 * 4;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::min(x[i], hi);
+    if (i >= packets_end) {   // the scalar tail
+      const float e = std::exp(v);
+      y[i] = e / (1.0f + e);
+      continue;
+    }
+    const float h = v * 0.5f;   // exp(x) = exp(x / 2)^2 keeps exp(x / 2) normal
+    const float m = std::floor(h * 1.44269504088896341f + 0.5f);
+    float r = m * -0.693359375f + h;   // ln 2 in two parts
+    r = m * 2.12194440e-4f + r;
+    const float r2 = r * r;
+    const float p_even = r2 * 4.1898667812347412109375e-2f + 0.49999141693115234375f;
+    const float p_odd = r2 * 8.33471305668354034423828125e-3f + 0.16666877269744873046875f;
+    const float p_low = r + 1.0f;
+    float p = r * p_odd + p_even;
+    p = r2 * p + p_low;
+    float e = p * std::ldexp(1.0f, static_cast<int>(m));   // 2^m is a normal float here
+    e = e * e;
+    y[i] = x[i] < lo ? 0.0f : e / (1.0f + e);
+  }
+}
+
 void logistic_xnnpack_f32(const float* x, std::size_t n, float* y) {
   static const float table[32] = {   // 2^(k/32), k = 0..31, as XNNPACK stores them
       0x1.000000p+0f, 0x1.059B0Ep+0f, 0x1.0B5586p+0f, 0x1.11301Ep+0f, 0x1.172B84p+0f, 0x1.1D4874p+0f,

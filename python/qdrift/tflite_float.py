@@ -141,14 +141,9 @@ def _single(model, op, get, out, kernels):
             y = np.clip(y, np.float32(lo), np.float32(hi)).astype(np.float32)
         return y
     if name in ("TANH", "LOGISTIC"):
-        # Each path's approximation, bit for bit, except the builtin LOGISTIC (Eigen's packet
-        # logistic, not reproduced: the reference formula stands in, and
-        # tests/python/test_dynamic_fp16.py bounds the difference).
-        function = name.lower()
-        if kernels == "xnnpack":
-            function += "_xnnpack"
-        elif name == "TANH" and kernels == "builtin":
-            function = "tanh_eigen"
+        # Each path's own approximation: std:: functions (reference), Eigen's (builtin; packets
+        # of 4 over the flattened tensor, a scalar tail), XNNPACK's.
+        function = name.lower() + {"reference": "", "builtin": "_eigen", "xnnpack": "_xnnpack"}[kernels]
         return _core.activation_f32(np.ascontiguousarray(get(0), np.float32), function)
     return _linear(model, op, get, out, kernels)
 
