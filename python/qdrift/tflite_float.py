@@ -59,7 +59,7 @@ def _value(model, values, index):
     return values[index] if index in values else model.tensors[index].data
 
 
-def _clamp(y, activation, name):
+def _float_range(activation, name):
     if activation not in FLOAT_ACTIVATIONS:
         raise _core.UnsupportedError(f"run: fused activation {activation} of float {name} is not supported")
     lo, hi = FLOAT_ACTIVATIONS[activation]
@@ -137,7 +137,7 @@ def _single(model, op, get, out, kernels):
         a, b = get(0), get(1)
         y = a + b
         if y.dtype == np.float32:
-            lo, hi = _clamp(y, op.options.get("activation", 0), name)
+            lo, hi = _float_range(op.options.get("activation", 0), name)
             y = np.clip(y, np.float32(lo), np.float32(hi)).astype(np.float32)
         return y
     if name in ("TANH", "LOGISTIC"):
@@ -156,7 +156,7 @@ def _linear(model, op, get, out, kernels):
     w = get(1)
     bias = get(2) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     bias = None if bias is None else np.ascontiguousarray(bias, np.float32)
-    lo, hi = _clamp(x, op.options.get("activation", 0), name)
+    lo, hi = _float_range(op.options.get("activation", 0), name)
     hybrid = w.dtype == np.int8
     if hybrid and (w_tensor.zero_point.size and np.any(w_tensor.zero_point != 0)):
         raise _core.UnsupportedError(f"run: hybrid {name} with non-zero weight zero points")

@@ -251,3 +251,47 @@ def test_all_zero_inputs():
             assert np.array_equal(tm.run(x, kernels=kernels), expected), kernels
         bias = km.get_weights()[1]
         assert np.array_equal(expected[0], np.maximum(bias, 0))     # the zero row gives relu(bias) exactly
+
+
+def without_asymmetric_inputs(flatbuffer):
+    """The same file with every FULLY_CONNECTED's asymmetric_quantize_inputs flag cleared (the
+    converter always sets it; older files and other tools leave it false). The flag is one byte in
+    the op's FullyConnectedOptions table (vtable slot 10)."""
+    import tflite
+    buf = bytearray(flatbuffer)
+    m = tflite.Model.GetRootAsModel(bytes(buf), 0)
+    flipped = 0
+    for s in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(s)
+        for i in range(sg.OperatorsLength()):
+            table = sg.Operators(i).BuiltinOptions()
+            o = tflite.FullyConnectedOptions()
+            if table is None or m.OperatorCodes(sg.Operators(i).OpcodeIndex()).BuiltinCode() != \
+                    tflite.BuiltinOperator.FULLY_CONNECTED:
+                continue
+            o.Init(table.Bytes, table.Pos)
+            field = o._tab.Offset(10)
+            if field and o.AsymmetricQuantizeInputs():
+                buf[table.Pos + field] = 0
+                flipped += 1
+    assert flipped > 0
+    return bytes(buf)
+
+
+def test_symmetric_hybrid_fc_inputs(rng):
+    """asymmetric_quantize_inputs = false: TFLite quantizes each row symmetrically (range/127, the
+    NEON block / tail rounding); XNNPACK ignores the flag (it always quantizes asymmetrically, qd8).
+    qdrift equals LiteRT on every path, including a row with a tie at a block and at a tail position."""
+    km = keras.Sequential([keras.Input((45,)), L.Dense(30, activation="relu")])
+    km.set_weights([rng.normal(0, 0.4, w.shape).astype(np.float32) for w in km.get_weights()])
+    flatbuffer = without_asymmetric_inputs(convert(km, "dynamic"))
+    tm = qd.from_tflite(flatbuffer)
+    assert not [op for op in tm.ops if op.name == "FULLY_CONNECTED"][0].options["asymmetric_quantize_inputs"]
+    x = rng.normal(size=(3, 45)).astype(np.float32)
+    x[1] = 0.0
+    x[1, 0], x[1, 3], x[1, 44] = 254.0, 1.0, 1.0     # inv = 0.5: ties at index 3 (block) and 44 (tail)
+    for kernels in RESOLVERS:
+        _, expected = run_litert(flatbuffer, kernels, x)
+        assert np.array_equal(tm.run(x, kernels=kernels), expected), kernels
+    asym = qd.from_tflite(convert(km, "dynamic"))
+    assert not np.array_equal(asym.run(x, kernels="builtin"), tm.run(x, kernels="builtin"))  # the flag matters
