@@ -185,7 +185,8 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
 def test_float_weight_profiles_equal_the_converter(rng, profile):
     """Dynamic range (int8 weights of 1024+ elements, double arithmetic, float biases) and float16
     (every constant fp16 through DEQUANTIZE): graph, dtypes, scales and constant bits equal the
-    converter's on random models, including layers big enough to cross the 1024 threshold."""
+    converter's on random models, including layers big enough to cross the 1024 threshold; the
+    converted model's outputs equal LiteRT's on every kernel path, bit for bit."""
     quantized = kept_float = 0
     for trial in range(MODELS):
         while True:
@@ -199,6 +200,11 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
                 continue
         flatbuffer, _ = convert_with_tf(km, profile)
         compare_models(ours, qd.from_tflite(flatbuffer), (trial, km.name))
+        x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
+        x = x.astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
         for t in ours.tensors:
             quantized += int(t.dtype == np.int8)
             kept_float += int(t.dtype == np.float32 and t.data is not None and t.data.size > 1 and
@@ -268,7 +274,8 @@ def _canonical_models():
 @pytest.mark.parametrize("profile", ["tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
 def test_canonical_examples_other_profiles(rng, profile):
     """The three canonical models under the other profiles: the converter's parameters exactly
-    (int16x8 from the calibrator's ranges, with a random and with the example's own calibration)."""
+    (int16x8 from the calibrator's ranges, with a random and with the example's own calibration),
+    and LiteRT's outputs on every kernel path."""
     for km, x in _canonical_models():
         for cal in (rng.uniform(0, 2, (4,) + x.shape[1:]).astype(np.float32), x):
             flatbuffer, calibrated = convert_with_tf(km, profile, cal)
@@ -278,7 +285,10 @@ def test_canonical_examples_other_profiles(rng, profile):
             else:
                 ours = qd.convert(km, profile)
             compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
-            if profile == "tflite_int16x8":
-                for kernels in RESOLVERS:
-                    _, expected = run_litert(flatbuffer, kernels, x)
-                    assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, kernels)
+            for kernels in RESOLVERS:
+                _, expected = run_litert(flatbuffer, kernels, x)
+                assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, kernels)
+                if profile == "tflite_dynamic" and km.layers[0].name.startswith(("dense", "conv2d")):
+                    # 1 and 9 weights: far below the 1024-element threshold, so dynamic range
+                    # leaves these layers in float and the answer is exact: no quantization at all.
+                    assert np.all(expected == (3.0 if x.size == 1 else 9.0)), (km.name, expected)
