@@ -1,7 +1,8 @@
 """qd.from_tflite: the exact quantized model a .tflite file holds, run on any LiteRT kernel path.
 
 Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and RESHAPE with
-int8 activations, int8 weights and int32 biases (the full-integer profile). The file is read with
+int8 activations, int8 weights and int32 biases (the full-integer profile); float32, float16-weight
+and dynamic-range ops, shape arithmetic and WHILE loops run in tflite_float. The file is read with
 the `tflite` package (flatbuffers bindings of the TFLite schema). Ops on int16 activations (the
 int16x8 profile) run through qdrift.tflite_int16."""
 from __future__ import annotations
@@ -11,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _core, tflite_int16
+from . import _core, tflite_float, tflite_int16
 from .tflite_kernels import KERNEL_PATHS, activation_range, f32, output_stage, round_half_away
 
 _DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
-           "UINT8": np.uint8}
+           "UINT8": np.uint8, "FLOAT16": np.float16, "BOOL": np.bool_}
 _ACTIVATIONS = {0: "linear", 1: "relu", 3: "relu6"}
 SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "ADD",
                  "TANH", "LOGISTIC", "UNPACK") + tflite_int16.DATA_OPS
@@ -63,7 +64,8 @@ def _options(tfl, op, name):
         o = tfl.FullyConnectedOptions()
         o.Init(table.Bytes, table.Pos)
         return dict(activation=o.FusedActivationFunction(), keep_num_dims=o.KeepNumDims(),
-                    quantized_bias_type=o.QuantizedBiasType())
+                    quantized_bias_type=o.QuantizedBiasType(),
+                    asymmetric_quantize_inputs=o.AsymmetricQuantizeInputs())
     if name == "ADD":
         o = tfl.AddOptions()
         o.Init(table.Bytes, table.Pos)
@@ -80,7 +82,7 @@ def _options(tfl, op, name):
         if name == "CONV_2D":
             options["quantized_bias_type"] = o.QuantizedBiasType()
         return options
-    return {}
+    return tflite_float.options(tfl, table, name)
 
 
 class TFLiteModel:
@@ -114,19 +116,25 @@ class TFLiteModel:
         if tuple(x.shape[1:]) != tuple(first.shape[1:]):
             raise _core.ShapeError(f"run: the model's input is (batch, {', '.join(map(str, first.shape[1:]))}), "
                                    f"got {tuple(x.shape)}")
-        values = {self.inputs[0]: np.ascontiguousarray(x)}
         overflows = None if accumulator is None else {}
+        values = self.evaluate({self.inputs[0]: np.ascontiguousarray(x)}, kernels, path, accumulator, overflows)
+        y = values[self.outputs[0]]
+        extras = ({self.tensors[i].name: v for i, v in values.items()},) if taps else ()
+        extras += (overflows,) if overflows is not None else ()
+        return (y,) + extras if extras else y
+
+    def evaluate(self, values, kernels, path="auto", accumulator=None, overflows=None):
+        """Run every op of this subgraph on `values` (tensor index -> array); returns all values."""
         for op in self.ops:
-            if op.name == "UNPACK":
+            if tflite_float.handles(self.tensors, op):
+                tflite_float.run_op(self, op, values, kernels)
+            elif op.name == "UNPACK":
                 x = values[op.inputs[0]]
                 for k, out in enumerate(op.outputs):
                     values[out] = np.ascontiguousarray(np.take(x, k, axis=op.options["axis"]))
             elif op.name not in SHAPE_OPS:
                 values[op.outputs[0]] = self._run_op(op, values, kernels, path, accumulator, overflows)
-        y = values[self.outputs[0]]
-        extras = ({self.tensors[i].name: v for i, v in values.items()},) if taps else ()
-        extras += (overflows,) if overflows is not None else ()
-        return (y,) + extras if extras else y
+        return values
 
     def _run_op(self, op, values, kernels, path="auto", accumulator=None, overflows=None):
         if tflite_int16.handles(op, self.tensors):
@@ -226,13 +234,37 @@ def _dequantize(x, scale, zero_point, kernels):
     return y
 
 
-def _check_shape_chains(ops):
-    shape_values = {o for op in ops if op.name in SHAPE_OPS for o in op.outputs}
-    for op in ops:
-        allowed = op.inputs if op.name in SHAPE_OPS else (op.inputs[1:2] if op.name == "RESHAPE" else [])
-        used = shape_values.intersection(op.inputs) - set(allowed)
-        if used:
-            raise _core.UnsupportedError(f"from_tflite: {op.name} reads a computed shape; only RESHAPE may")
+def _read_subgraph(tfl, m, sg, types, ops_by_code):
+    """One subgraph's tensors and ops (WHILE loops keep their condition and body in others)."""
+    tensors = []
+    for i in range(sg.TensorsLength()):
+        t = sg.Tensors(i)
+        q = t.Quantization()
+        dtype = _DTYPES.get(types.get(t.Type()))
+        if dtype is None:
+            raise _core.UnsupportedError(f"from_tflite: tensor '{t.Name().decode()}' has type "
+                                         f"{types.get(t.Type(), t.Type())}")
+        raw = m.Buffers(t.Buffer()).DataAsNumpy() if t.Buffer() < m.BuffersLength() else 0
+        shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+        data = None
+        if isinstance(raw, np.ndarray) and raw.size:
+            data = np.ascontiguousarray(np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape))
+        scale = q.ScaleAsNumpy() if q is not None and q.ScaleLength() else np.zeros(0, np.float32)
+        zp = q.ZeroPointAsNumpy() if q is not None and q.ZeroPointLength() else np.zeros(0, np.int64)
+        tensors.append(Tensor(t.Name().decode(), dtype, shape, np.asarray(scale, np.float32),
+                              np.asarray(zp, np.int64), data))
+    ops = []
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        code = m.OperatorCodes(op.OpcodeIndex())
+        name = ops_by_code.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        if name not in SUPPORTED_OPS + SHAPE_OPS + tflite_float.SUPPORTED_OPS:
+            raise _core.UnsupportedError(f"from_tflite: operator {i} is {name}; supported: "
+                                         f"{', '.join(dict.fromkeys(SUPPORTED_OPS + tflite_float.SUPPORTED_OPS))}")
+        ops.append(Op(name, [int(v) for v in op.InputsAsNumpy()], [int(v) for v in op.OutputsAsNumpy()],
+                      _options(tfl, op, name)))
+    inputs, outputs = [int(v) for v in sg.InputsAsNumpy()], [int(v) for v in sg.OutputsAsNumpy()]
+    return TFLiteModel(tensors, ops, inputs, outputs)
 
 
 def from_tflite(model) -> TFLiteModel:
@@ -249,40 +281,12 @@ def from_tflite(model) -> TFLiteModel:
     types, ops_by_code = _enum_names(tfl.TensorType), _enum_names(tfl.BuiltinOperator)
     try:
         m = tfl.Model.GetRootAsModel(buf, 0)
-        if m.SubgraphsLength() != 1:
-            raise _core.UnsupportedError(f"from_tflite: {m.SubgraphsLength()} subgraphs (control flow such as "
-                                         "WHILE); only single-subgraph models are supported")
-        sg = m.Subgraphs(0)
-        tensors = []
-        for i in range(sg.TensorsLength()):
-            t = sg.Tensors(i)
-            q = t.Quantization()
-            dtype = _DTYPES.get(types.get(t.Type()))
-            if dtype is None:
-                raise _core.UnsupportedError(f"from_tflite: tensor '{t.Name().decode()}' has type "
-                                             f"{types.get(t.Type(), t.Type())}")
-            raw = m.Buffers(t.Buffer()).DataAsNumpy() if t.Buffer() < m.BuffersLength() else 0
-            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-            data = None
-            if isinstance(raw, np.ndarray) and raw.size:
-                data = np.ascontiguousarray(np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape))
-            scale = q.ScaleAsNumpy() if q is not None and q.ScaleLength() else np.zeros(0, np.float32)
-            zp = q.ZeroPointAsNumpy() if q is not None and q.ZeroPointLength() else np.zeros(0, np.int64)
-            tensors.append(Tensor(t.Name().decode(), dtype, shape, np.asarray(scale, np.float32),
-                                  np.asarray(zp, np.int64), data))
-        ops = []
-        for i in range(sg.OperatorsLength()):
-            op = sg.Operators(i)
-            code = m.OperatorCodes(op.OpcodeIndex())
-            name = ops_by_code.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
-            if name not in SUPPORTED_OPS + SHAPE_OPS:
-                raise _core.UnsupportedError(f"from_tflite: operator {i} is {name}; supported: {', '.join(SUPPORTED_OPS)}")
-            ops.append(Op(name, [int(v) for v in op.InputsAsNumpy()], [int(v) for v in op.OutputsAsNumpy()],
-                          _options(tfl, op, name)))
-        inputs, outputs = [int(v) for v in sg.InputsAsNumpy()], [int(v) for v in sg.OutputsAsNumpy()]
-        _check_shape_chains(ops)
+        subgraphs = [_read_subgraph(tfl, m, m.Subgraphs(i), types, ops_by_code)
+                     for i in range(m.SubgraphsLength())]
     except _core.Error:
         raise
     except Exception as e:   # the flatbuffer library signals corruption with assorted exceptions
         raise _core.DataError(f"from_tflite: the flatbuffer is corrupt or truncated ({type(e).__name__}: {e})") from None
-    return TFLiteModel(tensors, ops, inputs, outputs)
+    for sg in subgraphs:
+        sg.subgraphs = subgraphs
+    return subgraphs[0]

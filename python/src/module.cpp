@@ -15,6 +15,7 @@ void bind_backward(py::module_& m);
 void bind_analysis(py::module_& m);
 void bind_experiments(py::module_& m);
 void bind_integer16(py::module_& m);
+void bind_hybrid(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "qdrift C++ core (private). Import `qdrift`, not `qdrift._core`.";
@@ -29,5 +30,6 @@ PYBIND11_MODULE(_core, m) {
   bind_analysis(m);
   bind_experiments(m);
   bind_integer16(m);
+  bind_hybrid(m);
   m.attr("__version__") = QDRIFT_VERSION_STRING;
 }

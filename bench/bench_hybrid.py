@@ -1,0 +1,69 @@
+"""Dynamic-range ("hybrid") dense and conv2d: qdrift's from_tflite run (the readable C++ kernels,
+per kernel path) vs the LiteRT interpreter on the same .tflite file (builtin kernels and XNNPACK),
+single thread, in one run. qdrift's hybrid kernels are reference loops, so expect ratios < 1."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from ai_edge_litert import interpreter as litert  # noqa: E402
+
+import qdrift as qd  # noqa: E402
+from timing import best_time  # noqa: E402
+
+RESOLVERS = {"builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "xnnpack": "AUTO"}
+CASES = [
+    ("dense 1x512 -> 512", (1, 512), lambda: keras.layers.Dense(512)),
+    ("dense 64x256 -> 256", (64, 256), lambda: keras.layers.Dense(256)),
+    ("conv 1x28x28x32, 3x3 -> 32 same", (1, 28, 28, 32), lambda: keras.layers.Conv2D(32, 3, padding="same")),
+    ("conv 4x14x14x64, 3x3 s2 -> 64", (4, 14, 14, 64), lambda: keras.layers.Conv2D(64, 3, strides=2, padding="same")),
+]
+
+
+def interpreter(flatbuffer, kernels, x):
+    it = litert.Interpreter(model_content=flatbuffer, num_threads=1,
+                            experimental_op_resolver_type=getattr(litert.OpResolverType, RESOLVERS[kernels]))
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    out = it.get_output_details()[0]["index"]
+
+    def call():
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        return it.get_tensor(out)
+    return call
+
+
+def run():
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, shape, make in CASES:
+        km = keras.Sequential([keras.Input(shape=shape[1:]), make()])
+        km.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in km.get_weights()])
+        conv = tf.lite.TFLiteConverter.from_keras_model(km)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        flatbuffer = conv.convert()
+        tm = qd.from_tflite(flatbuffer)
+        x = rng.normal(size=shape).astype(np.float32)
+        row = dict(case=label)
+        for kernels in RESOLVERS:
+            call = interpreter(flatbuffer, kernels, x)
+            assert np.array_equal(tm.run(x, kernels=kernels), call())   # the same bits, timed
+            row[f"qdrift_{kernels}_ms"] = best_time(lambda: tm.run(x, kernels=kernels)) * 1e3
+            row[f"litert_{kernels}_ms"] = best_time(call) * 1e3
+            row[f"litert_over_qdrift_{kernels}"] = row[f"litert_{kernels}_ms"] / row[f"qdrift_{kernels}_ms"]
+        rows.append(row)
+    print("single thread; ratio > 1 means qdrift is faster")
+    print(f"{'case':<34}{'qd bi ms':>10}{'lite bi ms':>11}{'ratio':>8}{'qd xnn ms':>11}{'lite xnn ms':>12}{'ratio':>8}")
+    for r in rows:
+        print(f"{r['case']:<34}{r['qdrift_builtin_ms']:>10.3f}{r['litert_builtin_ms']:>11.3f}"
+              f"{r['litert_over_qdrift_builtin']:>8.3f}{r['qdrift_xnnpack_ms']:>11.3f}{r['litert_xnnpack_ms']:>12.3f}"
+              f"{r['litert_over_qdrift_xnnpack']:>8.3f}")
+    return rows
+
+
+if __name__ == "__main__":
+    run()

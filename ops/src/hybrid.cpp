@@ -1,0 +1,451 @@
+// SPDX-License-Identifier: Apache-2.0
+// Hybrid (float activations, int8 weights) and float32 FC / CONV_2D / DEPTHWISE_CONV_2D kernels,
+// each path's input quantization and float epilogue written out step by step. The build uses
+// -ffp-contract=off, so every `a * b + c` below rounds twice; std::fma marks the one place
+// (XNNPACK's epilogue) where the real kernel fuses.
+#include "qdrift/ops/hybrid.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "conv_index.h"
+#include "qdrift/core/check.h"
+
+namespace qdrift {
+namespace {
+
+// NEON's RoundToNearest before ARMv8, as NEON_2_SSE runs it: add ±0.5 in float, truncate.
+std::int32_t neon_round(float v) {
+  const float half = v < 0.0f ? -0.5f : 0.5f;
+  return static_cast<std::int32_t>(v + half);   // conversion truncates toward zero
+}
+
+// Position-dependent rounding of the TFLite quantizers: blocks of 8 vs the std::round tail.
+std::int32_t tflite_round(float v, std::size_t i, std::size_t block_end) {
+  return i < block_end ? neon_round(v) : static_cast<std::int32_t>(std::round(v));
+}
+
+float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
+
+bool all_zero(const float* x, std::size_t n) {
+  return std::all_of(x, x + n, [](float v) { return v == 0.0f; });
+}
+
+struct QuantizedRows {
+  std::vector<std::int8_t> q;
+  std::vector<float> scale;
+  std::vector<std::int32_t> zero_point;
+};
+
+enum class InputRule : std::uint8_t { kTfliteSymmetric, kTfliteAsymmetric, kXnnpack };
+
+QuantizedRows quantize_rows(InputRule rule, const float* x, std::size_t rows, std::size_t n) {
+  QuantizedRows r;
+  r.q.resize(rows * n);
+  r.scale.resize(rows);
+  r.zero_point.assign(rows, 0);
+  for (std::size_t b = 0; b < rows; ++b) {
+    const float* row = x + b * n;
+    std::int8_t* q = r.q.data() + b * n;
+    switch (rule) {
+      case InputRule::kTfliteSymmetric: quantize_row_symmetric_tflite(row, n, q, &r.scale[b]); break;
+      case InputRule::kTfliteAsymmetric:
+        quantize_row_asymmetric_tflite(row, n, q, &r.scale[b], &r.zero_point[b]);
+        break;
+      case InputRule::kXnnpack: quantize_row_xnnpack(row, n, q, &r.scale[b], &r.zero_point[b]); break;
+    }
+  }
+  return r;
+}
+
+float filter_scale_of(const float* s, std::size_t n_scales, std::size_t o) { return s[n_scales == 1 ? 0 : o]; }
+
+void check_scales(std::size_t n_scales, std::size_t out, const char* op) {
+  QDRIFT_CHECK(n_scales == 1 || n_scales == out, ShapeError, op, ": ", n_scales, " filter scales for ", out,
+               " output channels");
+}
+
+}  // namespace
+
+KernelPath parse_kernel_path(std::string_view name) {
+  if (name == "reference") return KernelPath::kReference;
+  if (name == "builtin") return KernelPath::kBuiltin;
+  if (name == "xnnpack") return KernelPath::kXnnpack;
+  throw ConfigError("kernels: unknown path '" + std::string(name) + "'; expected one of reference, builtin, xnnpack");
+}
+
+void quantize_row_symmetric_tflite(const float* x, std::size_t n, std::int8_t* q, float* scale) {
+  float range = 0.0f;
+  if (n > 0) {
+    const auto mm = std::minmax_element(x, x + n);
+    range = std::max(std::abs(*mm.first), std::abs(*mm.second));
+  }
+  if (range == 0.0f) {
+    std::fill(q, q + n, std::int8_t{0});
+    *scale = 1.0f;
+    return;
+  }
+  *scale = range / 127.0f;
+  const float inv = 127.0f / range;   // not 1 / scale
+  const std::size_t block_end = n / 8 * 8;
+  for (std::size_t i = 0; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(tflite_round(x[i] * inv, i, block_end), -127, 127));
+}
+
+void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* q, float* scale,
+                                    std::int32_t* zero_point) {
+  float rmin = 0.0f, rmax = 0.0f;   // NeonMinMax caps both at zero
+  for (std::size_t i = 0; i < n; ++i) {
+    rmin = std::min(rmin, x[i]);
+    rmax = std::max(rmax, x[i]);
+  }
+  if (rmin == rmax) {
+    std::fill(q, q + n, std::int8_t{0});
+    *scale = 1.0f;
+    *zero_point = 0;
+    return;
+  }
+  const double qmin = -128.0, qmax = 127.0;
+  const double s = static_cast<double>(rmax - rmin) / (qmax - qmin);   // float subtraction, double division
+  const double zp_from_min = qmin - rmin / s, zp_from_max = qmax - rmax / s;
+  const double err_min = std::abs(qmin) + std::abs(rmin / s), err_max = std::abs(qmax) + std::abs(rmax / s);
+  const double zp_d = err_min < err_max ? zp_from_min : zp_from_max;
+  const std::int32_t zp = zp_d <= qmin ? -128 : zp_d >= qmax ? 127 : static_cast<std::int32_t>(std::round(zp_d));
+  *scale = static_cast<float>(s);
+  *zero_point = zp;
+  const auto inv = static_cast<float>(1.0 / static_cast<double>(*scale));
+  const std::size_t block_end = n / 8 * 8;
+  for (std::size_t i = 0; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(zp + tflite_round(x[i] * inv, i, block_end), -128, 127));
+}
+
+void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* scale, std::int32_t* zero_point) {
+  float rmin = 0.0f, rmax = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) {
+    rmin = std::min(rmin, x[i]);
+    rmax = std::max(rmax, x[i]);
+  }
+  const float k = rmin == rmax ? 1.0f : 255.0f / (rmax - rmin);
+  const float rmin_k = rmin * k, rmax_k = rmax * k;
+  float zf = (-128.0f + rmin_k) + (127.0f + rmax_k) > 0.0f ? -128.0f - rmin_k : 127.0f - rmax_k;
+  zf = std::min(std::max(zf, -128.0f), 127.0f);
+  const auto zp = static_cast<std::int32_t>(std::nearbyint(zf));
+  *zero_point = zp;
+  *scale = 1.0f / k;
+  const float lo = static_cast<float>(-128 - zp), hi = static_cast<float>(127 - zp);
+  for (std::size_t i = 0; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(std::nearbyint(clampf(x[i] * k, lo, hi))) + zp);
+}
+
+void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, std::size_t in,
+                            const std::int8_t* filter, std::size_t out, const float* filter_scale,
+                            std::size_t n_scales, const float* bias, bool asymmetric_inputs, float lo, float hi,
+                            float* y) {
+  check_scales(n_scales, out, "fully_connected_hybrid");
+  std::vector<std::int32_t> row_sum(out, 0);
+  for (std::size_t o = 0; o < out; ++o)
+    for (std::size_t i = 0; i < in; ++i) row_sum[o] += filter[o * in + i];
+  if (path == KernelPath::kXnnpack) {
+    const QuantizedRows r = quantize_rows(InputRule::kXnnpack, x, batch, in);
+    for (std::size_t b = 0; b < batch; ++b)
+      for (std::size_t o = 0; o < out; ++o) {
+        std::int32_t dot = 0;
+        for (std::size_t i = 0; i < in; ++i) dot += filter[o * in + i] * r.q[b * in + i];
+        dot -= row_sum[o] * r.zero_point[b];
+        const float scaled = static_cast<float>(dot) * r.scale[b];
+        y[b * out + o] = clampf(std::fma(scaled, filter_scale_of(filter_scale, n_scales, o), bias ? bias[o] : 0.0f),
+                                lo, hi);
+      }
+    return;
+  }
+  // TFLite EvalHybrid: the output starts as the bias; an all-zero input skips the matmul.
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t o = 0; o < out; ++o) y[b * out + o] = bias ? bias[o] : 0.0f;
+  if (!all_zero(x, batch * in)) {
+    const QuantizedRows r =
+        quantize_rows(asymmetric_inputs ? InputRule::kTfliteAsymmetric : InputRule::kTfliteSymmetric, x, batch, in);
+    for (std::size_t b = 0; b < batch; ++b)
+      for (std::size_t o = 0; o < out; ++o) {
+        std::int32_t dot = 0;
+        for (std::size_t i = 0; i < in; ++i) dot += filter[o * in + i] * r.q[b * in + i];
+        dot -= row_sum[o] * r.zero_point[b];
+        const float s = filter_scale_of(filter_scale, n_scales, o) * r.scale[b];
+        y[b * out + o] += static_cast<float>(dot) * s;
+      }
+  }
+  for (std::size_t k = 0; k < batch * out; ++k) y[k] = clampf(y[k], lo, hi);
+}
+
+void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const std::int8_t* filter,
+                   const float* filter_scale, std::size_t n_scales, const float* bias, bool depthwise, float lo,
+                   float hi, float* y) {
+  check_scales(n_scales, g.o, "conv2d_hybrid");
+  const std::size_t image = g.h * g.w * g.c;
+  bool equal_scales = true;   // conv.cc: is_hybrid_per_channel only if some scale differs from channel 0
+  for (std::size_t c = 1; c < n_scales; ++c) equal_scales = equal_scales && filter_scale[c] == filter_scale[0];
+  const bool xnnpack = path == KernelPath::kXnnpack && !depthwise;   // XNNPACK takes hybrid conv, not depthwise
+  const bool symmetric = !xnnpack && !depthwise && equal_scales && g.groups == 1;   // conv.cc EvalHybrid
+  const InputRule rule =
+      xnnpack ? InputRule::kXnnpack : symmetric ? InputRule::kTfliteSymmetric : InputRule::kTfliteAsymmetric;
+  // XNNPACK runs a 1x1, stride-1 convolution as a fully connected layer: one quantization per
+  // pixel instead of per image (measured).
+  const bool per_pixel = xnnpack && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.groups == 1;
+  const std::size_t row = per_pixel ? g.c : image;
+  const QuantizedRows r = quantize_rows(rule, x, g.n * image / row, row);
+  const std::size_t tail_start = g.o / 4 * 4;   // optimized depthwise: channel blocks of 4, then a tail
+  for (std::size_t n = 0; n < g.n; ++n)
+    for (std::size_t oy = 0; oy < g.oh; ++oy)
+      for (std::size_t ox = 0; ox < g.ow; ++ox)
+        for (std::size_t oc = 0; oc < g.o; ++oc) {
+          const std::size_t group = oc / g.og();
+          const std::size_t qrow = per_pixel ? (n * g.h + oy) * g.w + ox : n;   // 1x1 stride 1: pixel = output
+          const std::int32_t zp = r.zero_point[qrow];
+          std::int32_t acc = 0;   // sum w * (q - zp); padded taps equal zp and add nothing
+          for (std::size_t ky = 0; ky < g.kh; ++ky) {
+            const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            if (iy < 0) continue;
+            for (std::size_t kx = 0; kx < g.kw; ++kx) {
+              const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+              if (ix < 0) continue;
+              const std::int8_t* qp = r.q.data() + n * image +
+                                      (static_cast<std::size_t>(iy) * g.w + static_cast<std::size_t>(ix)) * g.c +
+                                      group * g.cg();
+              for (std::size_t ic = 0; ic < g.cg(); ++ic)
+                acc += filter[((ky * g.kw + kx) * g.cg() + ic) * g.o + oc] * (qp[ic] - zp);
+            }
+          }
+          const float a = static_cast<float>(acc), sf = r.scale[qrow];
+          const float pcs = symmetric ? filter_scale[0] : filter_scale_of(filter_scale, n_scales, oc);
+          const float b = bias ? bias[oc] : 0.0f;
+          float v = 0.0f;
+          if (xnnpack) {
+            v = std::fma(a * sf, pcs, b);
+          } else if (symmetric) {
+            v = a * (sf * pcs) + b;   // HybridConv: sf[b] *= s_w, out = 0 + acc * sf, then + bias
+          } else if (depthwise) {
+            if (path == KernelPath::kReference) {
+              v = a * (pcs * sf) + b;
+            } else {
+              v = oc < tail_start ? a * pcs * sf + b : a * sf * pcs + b;
+            }
+          } else if (path == KernelPath::kReference || g.groups != 1) {
+            v = a * pcs * sf + b;   // reference HybridConvPerChannel (grouped conv always runs it)
+          } else {
+            v = a * (pcs * sf) + b;   // optimized HybridConvPerChannel (im2col + GEMM, Eigen epilogue)
+          }
+          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(v, lo, hi);
+        }
+}
+
+namespace {
+
+// The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
+// output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
+enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGebpSwapped };
+
+// How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
+// a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
+// the blocked GEMM, which sums each output sequentially over depth (for depth below its k block).
+EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
+  if (cols == 1 || out == 1) return EigenSum::kGemv;
+  if (out + depth + cols < 20) return EigenSum::kRedux;
+  return EigenSum::kSequential;
+}
+
+// Within the blocked GEMM (SSE: 4-float packets, micro-tiles of 8 or 4 filter rows by 4 columns),
+// the order depends on where output (row, col) falls: rows in 8-row tiles and columns outside
+// whole groups of 4 sum sequentially; rows of the last 4-row tile alternate two accumulators over
+// whole 8-steps of depth; the leftover rows (out mod 4) run a "swapped" kernel with 4
+// accumulators (depth mod 4), merged as (c0 + c1) + (c2 + c3).
+EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols) {
+  if (col >= cols / 4 * 4 || row < out / 8 * 8) return EigenSum::kSequential;
+  return row < out / 4 * 4 ? EigenSum::kGebpPairs : EigenSum::kGebpSwapped;
+}
+
+// One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
+float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth) {
+  if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
+    const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
+    const std::size_t end = order == EigenSum::kGebpPairs ? depth / 8 * 8 : depth / 4 * 4;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (std::size_t i = 0; i < end; ++i) acc[i % ways] += x[i] * w[i];
+    float t = ways == 2 ? acc[0] + acc[1] : (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
+    return t;
+  }
+  if (order == EigenSum::kSequential || depth < 4) {
+    float t = 0.0f;
+    if (order == EigenSum::kRedux && depth > 0) {   // redux starts from the first product, not 0
+      t = x[0] * w[0];
+      for (std::size_t i = 1; i < depth; ++i) t += x[i] * w[i];
+      return t;
+    }
+    for (std::size_t i = 0; i < depth; ++i) t += x[i] * w[i];
+    return t;
+  }
+  float lane[4], lane1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const std::size_t end = depth / 4 * 4;
+  for (std::size_t l = 0; l < 4; ++l) lane[l] = order == EigenSum::kGemv ? 0.0f + x[l] * w[l] : x[l] * w[l];
+  if (order == EigenSum::kGemv) {   // one accumulator per row: c += x * w packet by packet
+    for (std::size_t i = 4; i < end; i += 4)
+      for (std::size_t l = 0; l < 4; ++l) lane[l] += x[i + l] * w[i + l];
+  } else {                          // redux: two accumulators over pairs of packets, then merged
+    const std::size_t end2 = depth / 8 * 8;
+    if (end > 4) {
+      for (std::size_t l = 0; l < 4; ++l) lane1[l] = x[4 + l] * w[4 + l];
+      for (std::size_t i = 8; i < end2; i += 8)
+        for (std::size_t l = 0; l < 4; ++l) {
+          lane[l] += x[i + l] * w[i + l];
+          lane1[l] += x[i + 4 + l] * w[i + 4 + l];
+        }
+      for (std::size_t l = 0; l < 4; ++l) lane[l] += lane1[l];
+      if (end > end2)
+        for (std::size_t l = 0; l < 4; ++l) lane[l] += x[end2 + l] * w[end2 + l];
+    }
+  }
+  float t = (lane[0] + lane[2]) + (lane[1] + lane[3]);   // SSE predux: (a0 + a2) + (a1 + a3)
+  for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
+  return t;
+}
+
+}  // namespace
+
+void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
+                         std::size_t out, const float* bias, float lo, float hi, float* y) {
+  const EigenSum order = eigen_sum_order(out, in, batch);
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t o = 0; o < out; ++o) {
+      const float* xr = x + b * in;
+      const float* wr = filter + o * in;
+      const float bo = bias ? bias[o] : 0.0f;
+      float v = 0.0f;
+      if (path == KernelPath::kBuiltin) {
+        const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch) : order;
+        v = eigen_dot(o_order, xr, wr, in) + bo;
+      } else if (path == KernelPath::kXnnpack) {
+        v = bo;
+        for (std::size_t i = 0; i < in; ++i) v = std::fma(xr[i], wr[i], v);
+      } else {
+        for (std::size_t i = 0; i < in; ++i) v += xr[i] * wr[i];
+        v += bo;
+      }
+      y[b * out + o] = clampf(v, lo, hi);
+    }
+}
+
+namespace {
+
+// The builtin conv: each output pixel's patch (ky, kx, c; padding as zeros) is a column of the
+// im2col matrix, multiplied by the filter rows (O, KH*KW*C) in the builtin GEMM's order.
+void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, float lo,
+                       float hi, float* y) {
+  const std::size_t depth = g.kh * g.kw * g.c, pixels = g.n * g.oh * g.ow;
+  const EigenSum order = eigen_sum_order(g.o, depth, pixels);
+  std::vector<float> rows(g.o * depth), patch(depth);
+  for (std::size_t oc = 0; oc < g.o; ++oc)   // (KH, KW, C, O) -> filter rows (O, KH*KW*C)
+    for (std::size_t k = 0; k < depth; ++k) rows[oc * depth + k] = filter[k * g.o + oc];
+  for (std::size_t n = 0; n < g.n; ++n)
+    for (std::size_t oy = 0; oy < g.oh; ++oy)
+      for (std::size_t ox = 0; ox < g.ow; ++ox) {
+        for (std::size_t ky = 0; ky < g.kh; ++ky)
+          for (std::size_t kx = 0; kx < g.kw; ++kx) {
+            const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+            float* dst = patch.data() + (ky * g.kw + kx) * g.c;
+            if (iy < 0 || ix < 0) {
+              std::fill(dst, dst + g.c, 0.0f);
+            } else {
+              const float* src =
+                  x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c;
+              std::copy(src, src + g.c, dst);
+            }
+          }
+        const std::size_t col = (n * g.oh + oy) * g.ow + ox;
+        float* out = y + col * g.o;
+        for (std::size_t oc = 0; oc < g.o; ++oc) {
+          const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels) : order;
+          out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth) + (bias ? bias[oc] : 0.0f),
+                           lo, hi);
+        }
+      }
+}
+
+}  // namespace
+
+void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
+                bool depthwise, float lo, float hi, float* y) {
+  if (path == KernelPath::kBuiltin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
+    conv2d_f32_im2col(g, x, filter, bias, lo, hi, y);
+    return;
+  }
+  const bool fused = path == KernelPath::kXnnpack;
+  const bool from_bias = fused || (path == KernelPath::kBuiltin && depthwise);
+  // XNNPACK's depthwise kernels (one input and one output channel per group; a depth multiplier
+  // above 1 runs as a grouped GEMM instead) walk the taps column by column (kx outer, ky inner).
+  const bool columns_first = fused && g.cg() == 1 && g.og() == 1;
+  for (std::size_t n = 0; n < g.n; ++n)
+    for (std::size_t oy = 0; oy < g.oh; ++oy)
+      for (std::size_t ox = 0; ox < g.ow; ++ox)
+        for (std::size_t oc = 0; oc < g.o; ++oc) {
+          const std::size_t group = oc / g.og();
+          const float b = bias ? bias[oc] : 0.0f;
+          float total = from_bias ? b : 0.0f;
+          for (std::size_t t = 0; t < g.kh * g.kw; ++t) {
+            const std::size_t ky = columns_first ? t % g.kh : t / g.kw, kx = columns_first ? t / g.kh : t % g.kw;
+            const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+            if (iy < 0 || ix < 0) continue;   // padding adds nothing
+            const float* xp =
+                x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c + group * g.cg();
+            const float* wp = filter + (ky * g.kw + kx) * g.cg() * g.o + oc;
+            for (std::size_t ic = 0; ic < g.cg(); ++ic)
+              total = fused ? std::fma(xp[ic], wp[ic * g.o], total) : total + xp[ic] * wp[ic * g.o];
+          }
+          y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(from_bias ? total : total + b, lo, hi);
+        }
+}
+
+void tanh_f32(const float* x, std::size_t n, float* y) {
+  for (std::size_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+}
+
+void tanh_eigen_f32(const float* x, std::size_t n, float* y) {
+  // Coefficients of Eigen's ptanh_float (numerator odd, denominator even; highest power first).
+  constexpr float alpha[] = {1.394553628e-8f, 2.102733560e-5f, 3.520756727e-3f, 1.340216100e-1f};
+  constexpr float beta[] = {8.015776984e-7f, 3.326951409e-4f, 2.597254514e-2f, 4.673548340e-1f, 1.0f};
+  const float clamp = 7.90738964080810547f;   // the non-FMA build's value
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::min(std::max(x[i], -clamp), clamp);
+    const float v2 = v * v, v3 = v2 * v;
+    float p = alpha[0], q = beta[0];
+    for (std::size_t k = 1; k < 4; ++k) p = p * v2 + alpha[k];
+    for (std::size_t k = 1; k < 5; ++k) q = q * v2 + beta[k];
+    y[i] = (v3 * p + v) / q;   // x (1 + x^2 p(x^2)) / q(x^2)
+  }
+}
+
+void tanh_xnnpack_f32(const float* x, std::size_t n, float* y) {
+  constexpr float alpha[] = {1.4248920266e-08f, 2.1235626264e-05f, 3.5330520477e-03f, 1.3412411511e-01f, 1.0f};
+  constexpr float beta[] = {8.1365948290e-07f, 3.3472978976e-04f, 2.6018999517e-02f, 4.6745735407e-01f, 1.0f};
+  const float clamp = 7.9807181358e+00f;   // the FMA build's value
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::min(std::max(x[i], -clamp), clamp);
+    const float v2 = v * v;
+    float p = alpha[0], q = beta[0];
+    for (std::size_t k = 1; k < 5; ++k) {
+      p = std::fma(v2, p, alpha[k]);
+      q = std::fma(v2, q, beta[k]);
+    }
+    y[i] = (v * p) / q;
+  }
+}
+
+void logistic_f32(const float* x, std::size_t n, float* y) {
+  const float upper = 16.619047164916992188f, lower = -9.0f;
+  for (std::size_t i = 0; i < n; ++i)
+    y[i] = x[i] > upper ? 1.0f : x[i] < lower ? std::exp(x[i]) : 1.0f / (1.0f + std::exp(-x[i]));
+}
+
+}  // namespace qdrift
