@@ -8,6 +8,9 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     into its constants in float32 with TF's Rsqrt kernel: m = rsqrt(var + eps) * gamma,
     W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL + ADD
     (not supported here: UnsupportedError).
+  - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
+    BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
+    reproduce: UnsupportedError.
   - relu / relu6 (the layer's activation, or a ReLU/Activation layer right after a Dense/Conv
     without activation) fuse into the op; tanh / sigmoid stay separate TANH / LOGISTIC ops.
   - FULLY_CONNECTED gets no bias input when the bias is absent or all zero; CONV_2D and
@@ -18,12 +21,20 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     step FC(h, U) [from step 1], FC(x_t, W, b), ADD(input part, recurrent part), TANH. The real
     converter segfaults on the non-unrolled (WHILE) int8 form, so a Keras SimpleRNN needs
     unroll=True.
+  - Dilated convolutions lower to SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND: UnsupportedError.
+  - int8 (MLIR quantizer): a bias that would exceed INT32_MAX / 2 enlarges that channel's weight
+    scale (SetBiasParamsWithAdjustments); int16x8 (old quantizer): AdjustWeightsForBiasScale,
+    and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
 Calibration runs the float graph with qdrift's float ops and keeps each tensor's global
-min/max. The converter's calibrator runs TensorFlow's builtin optimized float kernels instead,
-whose accumulation order differs in the last bits, so a scale computed from qdrift's min/max can
-differ from the file's by an ulp or more; pass `ranges` (the calibrator's min/max, e.g. read
-from a calibrate-only conversion) to reproduce the file exactly."""
+min/max, starting from (FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every
+ADD by ADD's output (LiteRT runs ADD in place and the calibrator logs inputs after the op). The
+calibrator runs the TensorFlow wheel's builtin optimized float kernels (not LiteRT's, not
+XNNPACK), whose summation order and tanh differ from qdrift's in the last bits, so a scale from
+qdrift's min/max can differ from the file's (about 1 activation tensor in 6 on random models);
+pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -55,11 +66,13 @@ def _rsqrt(v):
 class _Node:
     """One op of the converter's float graph, with its constants in TFLite layout."""
 
-    def __init__(self, op, inputs, outputs, weights=None, bias=None, options=None, kernel=None, geometry=None):
+    def __init__(self, op, inputs, outputs, weights=None, bias=None, options=None, kernel=None, geometry=None,
+                 bn_folded=False):
         self.op, self.inputs, self.outputs = op, list(inputs), list(outputs)
         self.weights, self.bias = weights, bias            # TFLite layout (FC (O, I), CONV OHWI, DW 1HW(CM))
         self.options = dict(options or {})
         self.kernel, self.geometry = kernel, geometry      # Keras-layout kernel for the float run
+        self.bn_folded = bn_folded
 
 
 class _FloatGraph:
@@ -84,11 +97,10 @@ def _fold(prev, bn):
     folded = (flat * m).astype(f32).reshape(kernel.shape)
     b = prev.weights.get("bias")
     bias = shift if b is None else ((b * m).astype(f32) + shift).astype(f32)
-    return kernel_copy(prev, kname, folded, bias)
+    return _with_weights(prev, kname, folded, bias)
 
 
-def kernel_copy(layer, kname, kernel, bias):
-    import copy
+def _with_weights(layer, kname, kernel, bias):
     out = copy.copy(layer)
     out.weights = dict(layer.weights, **{kname: kernel, "bias": bias})
     out.use_bias = True
@@ -111,7 +123,6 @@ def _merge(layers):
             out[-1].bn_folded = True
             continue
         if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") and linear:
-            import copy
             fused = copy.copy(prev)
             fused.activation = layer.activation
             # After a folded BN the converter fuses the relu late, after it has already moved a
@@ -159,11 +170,13 @@ def _lower(model):
             if op != "FULLY_CONNECTED":
                 options.update(padding=layer.padding, strides=layer.strides, dilation=layer.dilation_rate)
             else:
-                options.update(keep_num_dims=False)
+                options.update(keep_num_dims=False, asymmetric_quantize_inputs=False)
             prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
             late_act = act == "linear" or getattr(layer, "relu_after_bn", False)
             if op == "FULLY_CONNECTED" and late_act and prev is not None and prev.op == "FULLY_CONNECTED" \
-                    and prev.options["activation"] == 0 and prev.bias is not None:
+                    and prev.options["activation"] == 0 and prev.bias is not None \
+                    or op == "FULLY_CONNECTED" and prev is not None and getattr(prev, "bn_folded", False) \
+                    and prev.op == "FULLY_CONNECTED" and prev.options["activation"] == 0:
                 raise _core.UnsupportedError(
                     f"convert: Dense '{name}' (no relu/relu6) follows a Dense with a bias and no activation; the "
                     "converter moves that bias into this layer's bias (b2 + W2 b1) with float arithmetic qdrift does "
@@ -172,7 +185,7 @@ def _lower(model):
             bias = _bias_or_none(layer.weights.get("bias"))
             if bias is None and op != "FULLY_CONNECTED":   # convolutions always get one (zeros)
                 bias = np.zeros(w.shape[0] if op == "CONV_2D" else w.shape[3], f32)
-            g.add(_Node(op, [x], [out], w, bias, options, k, layer),
+            g.add(_Node(op, [x], [out], w, bias, options, k, layer, getattr(layer, "bn_folded", False)),
                   [(1,) + layer.output_shape])
             if act != layer.activation:
                 _add_activation(g, layer.activation, out, name)
@@ -210,7 +223,7 @@ def _lower_rnn(g, layer, x):
         x = f"{name}/time_major"
     steps = [f"{name}/x{s}" for s in range(t)]
     g.add(_Node("UNPACK", [x], steps, options=dict(axis=0)), [(1, f)] * t)
-    fc = dict(activation=0, keep_num_dims=False)
+    fc = dict(activation=0, keep_num_dims=False, asymmetric_quantize_inputs=False)
     h = None
     for s in range(t):
         zx = f"{name}/step{s}/input"
@@ -270,8 +283,10 @@ def calibrate(g, calibration, batch_size=256):
     for i in range(0, len(calibration), batch_size):
         for name, v in _run_float(g, calibration[i:i + batch_size]).items():
             lo, hi = f32(v.min()), f32(v.max())
-            old = ranges.get(name)
-            ranges[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+            # The calibrator starts from min = FLT_MAX and max = FLT_MIN (the smallest positive
+            # normal float), so an all-negative tensor's max is FLT_MIN.
+            old = ranges.get(name, (f32(np.finfo(f32).max), f32(np.finfo(f32).tiny)))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
     # The calibrator logs an op's inputs after the op ran; LiteRT runs ADD in place (its output
     # overwrites input 0), so input 0's logged range also covers ADD's output.
     for n in g.nodes:
@@ -331,6 +346,37 @@ def _bias_fits(bias, input_scale, weight_scales):
     return new.astype(f32)
 
 
+def _adjust_weights_for_bias_int16(bias, input_scale, w, axis, weight_scales):
+    """The old quantizer's AdjustWeightsForBiasScale (int16x8): a channel whose bias reaches half
+    of INT32_MAX in units of s_in * s_w gets the weight half-range 2|b| / INT32_MAX * f32(127 / s_in)
+    (so a near-zero input scale gives an infinite weight scale and all-zero codes, as the file
+    holds). One output channel uses the largest |b| (the per-layer branch). Returns (scales,
+    codes) when some channel changes, else None."""
+    from .tflite_kernels import round_half_away
+    k = 2147483647.0
+    s_in = f32(input_scale)
+    abs_b = np.abs(bias.astype(f32))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inv_in = f32(f32(127) / s_in)
+        if weight_scales.size > 1:
+            over = abs_b.astype(np.float64) >= 0.5 * np.float64(s_in) * weight_scales.astype(np.float64) * k
+            new_max = (2.0 * abs_b.astype(np.float64) / k * np.float64(inv_in)).astype(f32)
+        else:
+            half = abs_b.max()
+            over = np.array([np.float64(f32(half / f32(k))) >= 0.5 * np.float64(s_in) * np.float64(weight_scales[0])])
+            new_max = np.array([2.0 * np.float64(half) / k * np.float64(inv_in)]).astype(f32)
+        if not over.any():
+            return None
+        moved = np.moveaxis(w, axis, 0)
+        half_range = np.where(over, new_max, np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)).astype(f32)
+        scales = (half_range / f32(127)).astype(f32)
+        inv = np.where(half_range == 0, f32(0), (f32(127) / half_range).astype(f32)).astype(f32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        codes = np.clip(round_half_away((w * inv.reshape(shape)).astype(f32)), -127, 127)
+    return scales, np.nan_to_num(codes).astype(np.int8)
+
+
 def _quantize_with_scales(w, axis, scales):
     """Per-channel symmetric int8 codes for given scales: RHA(f32(w * f32(1 / scale))), clamped."""
     from .tflite_kernels import round_half_away
@@ -364,6 +410,7 @@ def _full_integer(g, profile, ranges, inference_io):
         inputs = [x]
     ids = {"input": x}
     constants = {}
+    rnn_layers = {n.outputs[0].split("/")[0] for n in g.nodes if n.op == "UNPACK"}
     for n in g.nodes:
         if n.op in _SAME_PARAMS:
             params.update({o: params[n.inputs[0]] if n.inputs[0] in params else activation(n.inputs[0])
@@ -385,6 +432,18 @@ def _full_integer(g, profile, ranges, inference_io):
                                           np.zeros(ws.size, np.int64), wq)
             w_id = constants[key]
             in_ids.append(w_id)
+            if n.bias is not None and profile == "tflite_int16x8":
+                adjusted = _adjust_weights_for_bias_int16(n.bias, s_in, n.weights, _WEIGHT_AXIS[n.op],
+                                                          b.tensors[w_id].scale)
+                if adjusted is not None and n.outputs[0].split("/")[0] in rnn_layers:
+                    raise _core.UnsupportedError(
+                        f"convert: tflite_int16x8 enlarges the weight scale of '{n.outputs[0]}' so its bias fits "
+                        "(AdjustWeightsForBiasScale); for the RNN's shared weights qdrift does not reproduce it")
+                if adjusted is not None:
+                    ws, wq = adjusted
+                    w_id = b.tensor(f"{n.outputs[0]}/weights", np.int8, n.weights.shape, ws,
+                                    np.zeros(ws.size, np.int64), wq)
+                    in_ids[-1] = w_id
             if n.bias is not None and profile == "tflite_int8":
                 adjusted = _bias_fits(n.bias, s_in, b.tensors[w_id].scale)
                 if adjusted is not None:   # a per-op copy of the weights with enlarged scales
@@ -395,12 +454,24 @@ def _full_integer(g, profile, ranges, inference_io):
             if n.bias is not None:
                 ws = b.tensors[w_id].scale
                 if profile == "tflite_int16x8":
-                    bq, dtype = tflite.quantize_bias_int64(n.bias, s_in, ws), np.int64
-                    bs = (f32(s_in) * ws).astype(f32)
+                    # An infinite weight scale (see _adjust_weights_for_bias_int16) gives an
+                    # infinite bias scale, inverse 0 and code 0.
+                    finite = np.isfinite(ws)
+                    bq = tflite.quantize_bias_int64(n.bias, s_in, np.where(finite, ws, f32(1)))
+                    bq, dtype = np.where(finite if ws.size > 1 else finite[0], bq, 0).astype(np.int64), np.int64
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        bs = (f32(s_in) * ws).astype(f32)
                 else:
                     bq, dtype = tflite.quantize_bias_int32(n.bias, s_in, ws), np.int32
                     bs = (np.float64(f32(s_in)) * ws.astype(np.float64)).astype(f32)
-                in_ids.append(b.tensor(f"{n.outputs[0]}/bias", dtype, n.bias.shape, bs, np.zeros(bs.size, np.int64), bq))
+                # The old quantizer (int16x8) keeps the unrolled RNN's one shared bias tensor; the
+                # MLIR quantizer (int8) gives every step its own copy.
+                bkey = ("bias", n.bias.tobytes(), s_in, w_id) if profile == "tflite_int16x8" else None
+                if bkey is None or bkey not in constants:
+                    bid = b.tensor(f"{n.outputs[0]}/bias", dtype, n.bias.shape, bs, np.zeros(bs.size, np.int64), bq)
+                    if bkey is not None:
+                        constants[bkey] = bid
+                in_ids.append(bid if bkey is None else constants[bkey])
             else:
                 in_ids.append(-1)
         if n.op == "RESHAPE":
@@ -416,25 +487,75 @@ def _full_integer(g, profile, ranges, inference_io):
     return TFLiteModel(b.tensors, b.ops, inputs, [last])
 
 
+FP16_MAX = 65504.0
+
+
+def _float_weights(g, profile):
+    """tflite_dynamic: constants of FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D with at least
+    1024 elements become symmetric int8, per channel, in double arithmetic; biases and smaller
+    weights stay float32; FC ops get asymmetric_quantize_inputs. tflite_fp16: every weight and
+    bias becomes float16 (clamped to +-65504, rounded half to even) read through a DEQUANTIZE op.
+    Activations stay float32 in both, with no QUANTIZE / DEQUANTIZE at the ends."""
+    b = _Builder()
+    ids = {"input": b.tensor("input", np.float32, g.shapes["input"])}
+    shared = {}   # the unrolled RNN reads one weight (and bias) tensor at every step
+
+    def constant(name, value, axis):
+        key = (value.tobytes(), value.shape)
+        if key in shared:
+            return shared[key]
+        if profile == "tflite_fp16":
+            half = np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16)
+            src = b.tensor(f"{name}/fp16", np.float16, value.shape, data=half)
+            out = b.tensor(name, np.float32, value.shape)
+            b.op("DEQUANTIZE", [src], [out])
+        elif axis is not None and value.size >= DYNAMIC_MIN_ELEMENTS:
+            ws, wq = tflite.quantize_weights(value, True, axis, "dynamic")
+            out = b.tensor(name, np.int8, value.shape, ws, np.zeros(ws.size, np.int64), wq)
+        else:
+            out = b.tensor(name, np.float32, value.shape, data=np.ascontiguousarray(value, f32))
+        shared[key] = out
+        return out
+
+    for n in g.nodes:
+        in_ids = [ids[i] for i in n.inputs]
+        options = dict(n.options)
+        if n.weights is not None:
+            in_ids.append(constant(f"{n.outputs[0]}/weights", n.weights, _WEIGHT_AXIS[n.op]))
+            in_ids.append(-1 if n.bias is None else constant(f"{n.outputs[0]}/bias", n.bias, None))
+            if n.op == "FULLY_CONNECTED" and profile == "tflite_dynamic":
+                options["asymmetric_quantize_inputs"] = b.tensors[in_ids[1]].dtype == np.int8
+        if n.op == "RESHAPE":
+            shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
+            in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
+        out_ids = [b.tensor(o, np.float32, g.shapes[o]) for o in n.outputs]
+        b.op(n.op, in_ids, out_ids, options)
+        ids.update(zip(n.outputs, out_ids))
+    return TFLiteModel(b.tensors, b.ops, [ids["input"]], [ids[g.last]])
+
+
 def convert(model, profile="tflite_int8", calibration=None, ranges=None, inference_io="float", batch_size=256):
     """The TFLiteModel the TFLite converter writes for `model` (a qd.Sequential or a Keras model).
 
-    profile:      tflite_int8 (full integer, int8 activations) | tflite_int16x8 (int16 activations,
-                  int8 weights, int64 bias)
+    profile:      tflite_int8 (full integer, int8 activations) | tflite_dynamic (int8 weights of
+                  1024+ elements, float activations) | tflite_fp16 (float16 constants) |
+                  tflite_int16x8 (int16 activations, int8 weights, int64 biases)
     calibration:  representative inputs (batch first, float32); the float graph runs on them and
                   each tensor's global min/max sets its scale and zero point
     ranges:       {tensor name: (min, max)} overriding calibrated ranges (tensor names: "input",
                   each layer's name, "<rnn>/step<t>/input|recurrent|add|state")
-    inference_io: "float" (QUANTIZE in, DEQUANTIZE out, the default) or "int8"/"int16" (the
-                  converter's inference_input_type/inference_output_type)"""
+    inference_io: "float" (QUANTIZE in, DEQUANTIZE out, the default) or "int8" (the converter's
+                  inference_input_type = inference_output_type = tf.int8)"""
     if profile not in PROFILES:
         raise _core.ConfigError(f"convert: unknown profile '{profile}'; expected one of {', '.join(PROFILES)}")
+    if inference_io not in ("float", "int8"):
+        raise _core.ConfigError(f"convert: inference_io must be 'float' or 'int8', got '{inference_io}'")
     model = _as_sequential(model)
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
-        raise _core.UnsupportedError(f"convert: profile '{profile}' is not implemented yet")
-    if inference_io not in ("float", "int8", "int16"):
-        raise _core.ConfigError(f"convert: inference_io must be 'float', 'int8' or 'int16', got '{inference_io}'")
+        return _float_weights(g, profile)
+    if profile == "tflite_int16x8" and inference_io != "float":
+        raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
     found = {} if calibration is None else calibrate(g, calibration, batch_size)
     found.update({k: (f32(v[0]), f32(v[1])) for k, v in (ranges or {}).items()})
     missing = [n for n in g.shapes if n not in found]
