@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "conv_index.h"
@@ -446,6 +447,61 @@ void logistic_f32(const float* x, std::size_t n, float* y) {
   const float upper = 16.619047164916992188f, lower = -9.0f;
   for (std::size_t i = 0; i < n; ++i)
     y[i] = x[i] > upper ? 1.0f : x[i] < lower ? std::exp(x[i]) : 1.0f / (1.0f + std::exp(-x[i]));
+}
+
+void logistic_eigen_f32(const float* x, std::size_t n, float* y) {
+  const float hi = 16.6355324f, lo = -104.0f;
+  const std::size_t packets_end = n / 4 * 4;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::min(x[i], hi);
+    if (i >= packets_end) {   // the scalar tail
+      const float e = std::exp(v);
+      y[i] = e / (1.0f + e);
+      continue;
+    }
+    const float h = v * 0.5f;   // exp(x) = exp(x / 2)^2 keeps exp(x / 2) normal
+    const float m = std::floor(h * 1.44269504088896341f + 0.5f);
+    float r = m * -0.693359375f + h;   // ln 2 in two parts
+    r = m * 2.12194440e-4f + r;
+    const float r2 = r * r;
+    const float p_even = r2 * 4.1898667812347412109375e-2f + 0.49999141693115234375f;
+    const float p_odd = r2 * 8.33471305668354034423828125e-3f + 0.16666877269744873046875f;
+    const float p_low = r + 1.0f;
+    float p = r * p_odd + p_even;
+    p = r2 * p + p_low;
+    float e = p * std::ldexp(1.0f, static_cast<int>(m));   // 2^m is a normal float here
+    e = e * e;
+    y[i] = x[i] < lo ? 0.0f : e / (1.0f + e);
+  }
+}
+
+void logistic_xnnpack_f32(const float* x, std::size_t n, float* y) {
+  static const float table[32] = {   // 2^(k/32), k = 0..31, as XNNPACK stores them
+      0x1.000000p+0f, 0x1.059B0Ep+0f, 0x1.0B5586p+0f, 0x1.11301Ep+0f, 0x1.172B84p+0f, 0x1.1D4874p+0f,
+      0x1.2387A6p+0f, 0x1.29E9E0p+0f, 0x1.306FE0p+0f, 0x1.371A74p+0f, 0x1.3DEA64p+0f, 0x1.44E086p+0f,
+      0x1.4BFDAEp+0f, 0x1.5342B6p+0f, 0x1.5AB07Ep+0f, 0x1.6247ECp+0f, 0x1.6A09E6p+0f, 0x1.71F75Ep+0f,
+      0x1.7A1148p+0f, 0x1.82589Ap+0f, 0x1.8ACE54p+0f, 0x1.93737Cp+0f, 0x1.9C4918p+0f, 0x1.A5503Cp+0f,
+      0x1.AE89FAp+0f, 0x1.B7F770p+0f, 0x1.C199BEp+0f, 0x1.CB720Ep+0f, 0x1.D5818Ep+0f, 0x1.DFC974p+0f,
+      0x1.EA4AFAp+0f, 0x1.F50766p+0f};
+  const float magic = 0x1.800000p18f, log2e = 0x1.715476p0f, minus_ln2_hi = -0x1.62E430p-1f,
+              minus_ln2_lo = 0x1.05C61p-29f, c2 = 0x1.000000p-1f, c1 = 0x1.0000F6p-0f;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float z = -std::abs(x[i]);
+    float k = std::fma(z, log2e, magic);   // z * log2(e) rounded to a multiple of 1/32
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &k, sizeof bits);
+    const float l = table[bits & 31u];
+    k -= magic;
+    float t = std::fma(k, minus_ln2_hi, z);
+    t = std::fma(k, minus_ln2_lo, t);
+    float p = std::fma(t, c2, c1);
+    t *= l;
+    p = std::fma(t, p, l);
+    float e = std::ldexp(p, static_cast<int>(std::floor(k)));   // scalef: p * 2^floor(k)
+    if (std::abs(e) < std::numeric_limits<float>::min()) e = 0.0f;   // XNNPACK runs flush-to-zero (measured)
+    const float f = e / (e + 1.0f);
+    y[i] = std::signbit(x[i]) ? f : 1.0f - f;
+  }
 }
 
 }  // namespace qdrift

@@ -178,12 +178,14 @@ void bind_hybrid(py::module_& m) {
         const std::pair<const char*, Fn> table[] = {{"tanh", qdrift::tanh_f32},
                                                     {"tanh_eigen", qdrift::tanh_eigen_f32},
                                                     {"tanh_xnnpack", qdrift::tanh_xnnpack_f32},
-                                                    {"logistic", qdrift::logistic_f32}};
+                                                    {"logistic", qdrift::logistic_f32},
+                                                    {"logistic_eigen", qdrift::logistic_eigen_f32},
+                                                    {"logistic_xnnpack", qdrift::logistic_xnnpack_f32}};
         Fn f = nullptr;
         for (const auto& [name, fn] : table)
           if (function == name) f = fn;
         QDRIFT_CHECK(f != nullptr, qdrift::ConfigError, "activation_f32: function must be tanh, tanh_eigen, "
-                     "tanh_xnnpack or logistic, got '", function, "'");
+                     "tanh_xnnpack, logistic, logistic_eigen or logistic_xnnpack, got '", function, "'");
         auto y = array_out<float>(xi.shape);
         f(xi.data, xi.size(), y.mutable_data());
         return y;

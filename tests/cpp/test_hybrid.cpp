@@ -158,3 +158,24 @@ TEST_CASE("float FC summation orders: the reference chain, the custom GEMV lanes
                               INFINITY, y.data());
   CHECK(y[0] == 1.0f);
 }
+
+TEST_CASE("float activations: Eigen's logistic splits packets of 4 from a std::exp tail; cut-offs") {
+  const std::vector<float> x = {-200.0f, 0.25f, 20.0f, -3.0f, 0.25f};
+  std::vector<float> y(x.size());
+  qdrift::logistic_eigen_f32(x.data(), x.size(), y.data());
+  CHECK(y[0] == 0.0f);                       // below -104: exactly 0 in the packet path
+  CHECK(y[2] == 1.0f);                       // capped at 16.6355324, where it reaches 1
+  const float e = std::exp(0.25f);
+  CHECK(y[4] == e / (1.0f + e));             // the tail element: the scalar formula
+  CHECK(std::abs(y[1] - y[4]) <= 1e-7f);     // the same input through the packet path: within an ulp
+  std::vector<float> t(2);
+  const std::vector<float> big = {100.0f, -100.0f};
+  qdrift::tanh_xnnpack_f32(big.data(), 2, t.data());
+  CHECK(t[0] == 1.0f);   // clamped to +-7.9807181, where the fit evaluates to 1
+  CHECK(t[1] == -1.0f);
+  qdrift::tanh_eigen_f32(big.data(), 2, t.data());
+  CHECK(t[0] == 1.0f);
+  qdrift::logistic_xnnpack_f32(big.data(), 2, t.data());
+  CHECK(t[0] == 1.0f);
+  CHECK(t[1] == 0.0f);   // e = 2^-144 flushes to zero
+}

@@ -89,5 +89,13 @@ void tanh_eigen_f32(const float* x, std::size_t n, float* y);
 // bit against the default interpreter).
 void tanh_xnnpack_f32(const float* x, std::size_t n, float* y);
 void logistic_f32(const float* x, std::size_t n, float* y);
+// The builtin float LOGISTIC: Eigen's scalar_logistic_op<float>. Whole packets of 4 (SSE, no FMA)
+// compute exp(x/2) by a Cephes-style range reduction and a degree-5 polynomial, square it, and
+// return e / (1 + e) (0 below -104, x capped at 16.6355324); the n mod 4 tail uses std::exp.
+void logistic_eigen_f32(const float* x, std::size_t n, float* y);
+// XNNPACK's float sigmoid on AVX-512 (f32-vsigmoid rr2_lut32_p2_perm2_scalef_div): e = exp(-|x|)
+// from a 32-entry table of 2^(k/32), a two-step ln2 range reduction and a degree-2 polynomial, all
+// with FMA; y = e / (1 + e), mirrored to 1 - y for x >= 0.
+void logistic_xnnpack_f32(const float* x, std::size_t n, float* y);
 
 }  // namespace qdrift
