@@ -287,6 +287,11 @@ DataConfig read_data(const Json& j, const std::string& where, std::string_view b
                    d.batch);
       QDRIFT_CHECK(d.calibration_batch <= 1797, ConfigError, r.where("calibration_batch"),
                    ": the digits dataset has 1797 samples, got ", d.calibration_batch);
+      d.train_batch = 1797 - d.batch;
+      if (r.take("train_batch") != nullptr) read_positive(r, "train_batch", &d.train_batch, false);
+      QDRIFT_CHECK(d.batch + d.train_batch <= 1797, ConfigError, r.where("train_batch"),
+                   ": training rows must not overlap the ", d.batch, " evaluation rows of the 1797 samples, got ",
+                   d.train_batch);
       break;
   }
   r.finish();
@@ -360,15 +365,13 @@ AnalysisConfig read_analysis(const Json& j, const std::string& where) {
   return a;
 }
 
-TrainConfig read_train(const Json& j, const std::string& where) {
-  TrainConfig t;
-  ObjectReader r(j, where);
-  read_positive(r, "epochs", &t.epochs, false);
-  read_positive(r, "batch_size", &t.batch_size, false);
-  r.read_enum("loss", kLosses, &t.loss);
+// epochs, batch_size and optimizer of one phase, read from `r` (the caller finishes it).
+void read_phase(ObjectReader& r, PhaseConfig* p) {
+  read_positive(r, "epochs", &p->epochs, false);
+  read_positive(r, "batch_size", &p->batch_size, false);
   if (const Json* v = r.take("optimizer")) {
     ObjectReader ro(*v, r.where("optimizer"));
-    auto& o = t.optimizer;
+    auto& o = p->optimizer;
     ro.read_enum("kind", kOptimizers, &o.kind);
     ro.read("lr", &o.lr);
     ro.read("momentum", &o.momentum);
@@ -379,7 +382,22 @@ TrainConfig read_train(const Json& j, const std::string& where) {
                  ": must be in [0, 1), got ", o.momentum);
     QDRIFT_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0.0, ConfigError, ro.where("weight_decay"),
                  ": must be >= 0, got ", o.weight_decay);
+    QDRIFT_CHECK(o.kind == OptimizerKind::kSgd || o.momentum == 0.0, ConfigError, ro.where("momentum"),
+                 ": only sgd has momentum (adam keeps its own moment estimates)");
   }
+}
+
+TrainConfig read_train(const Json& j, const std::string& where) {
+  TrainConfig t;
+  ObjectReader r(j, where);
+  read_phase(r, &t.fine_tune);
+  if (const Json* v = r.take("pretrain")) {
+    ObjectReader rp(*v, r.where("pretrain"));
+    read_phase(rp, &t.pretrain);
+    rp.finish();
+  }
+  r.read_enum("loss", kLosses, &t.loss);
+  r.read("lsq", &t.lsq);
   if (const Json* v = r.take("arms")) t.arms = read_enum_list(*v, r.where("arms"), kArms);
   r.finish();
   return t;
@@ -464,7 +482,19 @@ ExperimentConfig read_experiment(const Json& j, std::string_view base_dir, bool 
   if (!c.data.seed) c.data.seed = c.seed;
   if (const Json* v = r.take("quant")) c.quant = read_quant(*v, r.where("quant"), c.model);
   if (const Json* v = r.take("analysis")) c.analysis = read_analysis(*v, r.where("analysis"));
-  if (const Json* v = r.take("train")) c.train = read_train(*v, r.where("train"));
+  if (const Json* v = r.take("train")) {
+    c.train = read_train(*v, r.where("train"));
+    // Training needs labels and held-out evaluation rows; calibration comes from the training rows.
+    QDRIFT_CHECK(c.data.kind == DataKind::kDigits, ConfigError, r.where("data") + "/kind",
+                 ": /train needs labelled data, and 'digits' is the only kind with labels; got '",
+                 name_of(kDataKinds, c.data.kind), "'");
+    QDRIFT_CHECK(c.quant.profile == Profile::kFake, ConfigError, r.where("quant") + "/profile",
+                 ": /train needs the 'fake' profile (QAT trains fake quantizers), got '",
+                 name_of(kProfiles, c.quant.profile), "'");
+    QDRIFT_CHECK(c.data.calibration_batch <= c.data.train_batch, ConfigError, r.where("data") + "/calibration_batch",
+                 ": with /train, calibration rows are training rows, so at most /data/train_batch (",
+                 c.data.train_batch, "), got ", c.data.calibration_batch);
+  }
   if (allow_sweep) {
     if (const Json* grid = r.take("sweep")) {
       ObjectReader rs(*grid, r.where("sweep"));
@@ -625,7 +655,7 @@ std::string to_json(const ExperimentConfig& c) {
     case DataKind::kConstant: dj["value"] = d.value; break;
     case DataKind::kNpy: dj["path"] = d.path; break;
     case DataKind::kNpz: dj["path"] = d.path; dj["key"] = d.key; break;
-    case DataKind::kDigits: break;
+    case DataKind::kDigits: dj["train_batch"] = d.train_batch; break;
   }
 
   const QuantConfig& q = c.quant;
@@ -656,14 +686,20 @@ std::string to_json(const ExperimentConfig& c) {
 
   if (c.train) {
     const TrainConfig& t = *c.train;
-    j["train"] = {{"epochs", t.epochs},
-                  {"batch_size", t.batch_size},
-                  {"loss", name_of(kLosses, t.loss)},
-                  {"optimizer", {{"kind", name_of(kOptimizers, t.optimizer.kind)},
-                                 {"lr", t.optimizer.lr},
-                                 {"momentum", t.optimizer.momentum},
-                                 {"weight_decay", t.optimizer.weight_decay}}},
-                  {"arms", enum_list_json(t.arms, kArms)}};
+    auto phase = [](const PhaseConfig& p) {
+      return Json{{"epochs", p.epochs},
+                  {"batch_size", p.batch_size},
+                  {"optimizer", {{"kind", name_of(kOptimizers, p.optimizer.kind)},
+                                 {"lr", p.optimizer.lr},
+                                 {"momentum", p.optimizer.momentum},
+                                 {"weight_decay", p.optimizer.weight_decay}}}};
+    };
+    Json& tj = j["train"];
+    tj = phase(t.fine_tune);
+    tj["pretrain"] = phase(t.pretrain);
+    tj["loss"] = name_of(kLosses, t.loss);
+    tj["lsq"] = t.lsq;
+    tj["arms"] = enum_list_json(t.arms, kArms);
   }
 
   Json& s = j["sweep"];

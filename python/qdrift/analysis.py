@@ -296,6 +296,7 @@ def _state_range(q):
 def _range_counts(q, pre, post):
     """Per step: values clipped (pre-quantization outside the range) and saturated (codes at qmin/qmax)."""
     n, t, u = pre.shape
+    q = getattr(q, "quantizer", q)   # a QAT model's state quantizer wraps a qd.Quantizer
     rng = _state_range(q)
     if rng is None:
         return [float("nan")] * t, [float("nan")] * t

@@ -49,6 +49,20 @@ _FUSED = {"linear": 0, "relu": 1, "relu6": 3}
 _SAME_PARAMS = ("RESHAPE", "UNPACK")
 # Dynamic range: constants with fewer elements stay float (minimum_elements_for_weights).
 DYNAMIC_MIN_ELEMENTS = 1024
+_TENSOR_TYPE_INT64 = 4   # TFLite schema TensorType
+
+
+def _file_options(node, options, profile):
+    """The options as the file carries them: the old int16x8 quantizer declares its int64 bias
+    (quantized_bias_type on FC and CONV_2D) and clears ADD's pot_scale_int16, which every other
+    profile leaves at the schema default (true)."""
+    options = dict(options)
+    int16 = profile == "tflite_int16x8"
+    if node.op in ("FULLY_CONNECTED", "CONV_2D"):
+        options["quantized_bias_type"] = _TENSOR_TYPE_INT64 if int16 else 0
+    if node.op == "ADD":
+        options["pot_scale_int16"] = not int16
+    return options
 
 
 def _rsqrt(v):
@@ -171,8 +185,6 @@ def _lower(model):
                 options.update(padding=layer.padding, strides=layer.strides, dilation=layer.dilation_rate)
             else:
                 options.update(keep_num_dims=False, asymmetric_quantize_inputs=False)
-            if op != "DEPTHWISE_CONV_2D":   # from_tflite reads it for FC and CONV_2D; the converter writes 0
-                options.update(quantized_bias_type=0)
             prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
             late_act = act == "linear" or getattr(layer, "relu_after_bn", False)
             if op == "FULLY_CONNECTED" and late_act and prev is not None and prev.op == "FULLY_CONNECTED" \
@@ -225,7 +237,7 @@ def _lower_rnn(g, layer, x):
         x = f"{name}/time_major"
     steps = [f"{name}/x{s}" for s in range(t)]
     g.add(_Node("UNPACK", [x], steps, options=dict(axis=0)), [(1, f)] * t)
-    fc = dict(activation=0, keep_num_dims=False, asymmetric_quantize_inputs=False, quantized_bias_type=0)
+    fc = dict(activation=0, keep_num_dims=False, asymmetric_quantize_inputs=False)
     h = None
     for s in range(t):
         zx = f"{name}/step{s}/input"
@@ -479,11 +491,7 @@ def _full_integer(g, profile, ranges, inference_io):
         if n.op == "RESHAPE":
             shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
             in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
-        # ADD's pot_scale_int16 as the converter writes it (from_tflite reads it): false for int16x8.
-        options = dict(n.options, pot_scale_int16=profile != "tflite_int16x8") if n.op == "ADD" else n.options
-        if n.op in ("FULLY_CONNECTED", "CONV_2D") and profile == "tflite_int16x8":
-            options = dict(options, quantized_bias_type=4)     # TensorType INT64, with or without a bias
-        b.op(n.op, in_ids, out_ids, options)
+        b.op(n.op, in_ids, out_ids, _file_options(n, n.options, profile))
         ids.update(zip(n.outputs, out_ids))
     last = ids[g.last]
     if inference_io == "float":
@@ -525,7 +533,7 @@ def _float_weights(g, profile):
 
     for n in g.nodes:
         in_ids = [ids[i] for i in n.inputs]
-        options = dict(n.options, pot_scale_int16=True) if n.op == "ADD" else dict(n.options)
+        options = dict(n.options)
         if n.weights is not None:
             in_ids.append(constant(f"{n.outputs[0]}/weights", n.weights, _WEIGHT_AXIS[n.op]))
             in_ids.append(-1 if n.bias is None else constant(f"{n.outputs[0]}/bias", n.bias, None))
@@ -535,7 +543,7 @@ def _float_weights(g, profile):
             shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
             in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
         out_ids = [b.tensor(o, np.float32, g.shapes[o]) for o in n.outputs]
-        b.op(n.op, in_ids, out_ids, options)
+        b.op(n.op, in_ids, out_ids, _file_options(n, options, profile))
         ids.update(zip(n.outputs, out_ids))
     return TFLiteModel(b.tensors, b.ops, [ids["input"]], [ids[g.last]])
 

@@ -2,10 +2,12 @@
 the quantized candidate from its normalized form, run both and measure (DESIGN.md §5)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import pathlib
+import threading
 
 import numpy as np
 
@@ -99,6 +101,15 @@ def _rows(x, cfg, input_shape, where):
     return x[:n], x[len(x) - m:]
 
 
+def digits(seed) -> tuple:
+    """scikit-learn's bundled digits (no download), shuffled by default_rng([seed, 2]):
+    (1797 images as rows of 64 pixels / 16 in [0, 1], their labels 0..9)."""
+    from sklearn.datasets import load_digits
+    data = load_digits()
+    order = np.random.default_rng([seed, SHUFFLE_STREAM]).permutation(len(data.target))
+    return data.data[order] / 16.0, data.target[order].astype(np.int64)
+
+
 def make_data(data_cfg: dict, input_shape) -> tuple:
     """(evaluation inputs, calibration inputs), float32, deterministic from the data seed.
     Synthetic kinds draw the two sets from independent streams; files and digits take the first
@@ -117,10 +128,7 @@ def make_data(data_cfg: dict, input_shape) -> tuple:
             return np.ascontiguousarray(x, dtype=np.float32)
         return draw(EVAL_STREAM, n), draw(CALIBRATION_STREAM, m)
     if kind == "digits":
-        from sklearn.datasets import load_digits   # bundled with scikit-learn: no download
-        x = load_digits().data / 16.0               # 1797 8x8 images, pixels 0..16 -> [0, 1]
-        x = x[np.random.default_rng([seed, SHUFFLE_STREAM]).permutation(len(x))]
-        return _rows(x, data_cfg, shape, "/data (digits)")
+        return _rows(digits(seed)[0], data_cfg, shape, "/data (digits)")
     try:
         if kind == "npy":
             x = np.load(data_cfg["path"], allow_pickle=False)
@@ -161,14 +169,116 @@ def candidate(model: Sequential, quant_cfg: dict, x_cal):
     return _OnKernels(convert(model, profile=quant_cfg["profile"], calibration=x_cal), quant_cfg["kernels"])
 
 
+# ---- PTQ vs QAT training arms (the "train" section) ----------------------------------------------
+def metric_names(cfg: dict) -> list:
+    """A point's metric names in their fixed order (the DataFrame's columns): the config's
+    /analysis/metrics, or with a "train" section per arm: accuracy, loss (and the metrics)."""
+    if "train" not in cfg:
+        return list(cfg["analysis"]["metrics"])
+    return ["float_accuracy", "float_loss"] + [f"{arm}_{m}" for arm in cfg["train"]["arms"]
+                                               for m in ["accuracy", "loss"] + cfg["analysis"]["metrics"]]
+
+
+def labelled_data(data_cfg: dict, input_shape) -> dict:
+    """The digits rows of a training point: evaluation (first `batch`), training (last
+    `train_batch`) and calibration (last `calibration_batch`, inside the training rows), with
+    labels, float32 inputs in `input_shape`."""
+    x, y = digits(data_cfg["seed"])
+    n, k, m = data_cfg["batch"], data_cfg["train_batch"], data_cfg["calibration_batch"]
+    x_eval, _ = _rows(x[:n], dict(data_cfg, calibration_batch=0), input_shape, "/data (digits)")
+    x_train, x_cal = _rows(x[len(x) - k:], dict(data_cfg, batch=k), input_shape, "/data (digits)")
+    return dict(x_eval=x_eval, y_eval=y[:n], x_train=x_train, y_train=y[len(y) - k:], x_cal=x_cal)
+
+
+def train_targets(labels, loss: str):
+    """fit/evaluate targets: the labels for cross-entropy, one-hot float32 rows for mse."""
+    return labels if loss == "cross_entropy" else np.eye(10, dtype=np.float32)[labels]
+
+
+def fit_phase(model: Sequential, x, y, phase: dict, loss: str, seed: int):
+    """One training phase of the config (Sequential.fit; the batch order from the seed)."""
+    opt = {k: v for k, v in phase["optimizer"].items() if not (k == "momentum" and phase["optimizer"]["kind"] != "sgd")}
+    return model.fit(x, y, epochs=phase["epochs"], batch_size=phase["batch_size"], loss=loss, optimizer=opt,
+                     seed=seed, verbose=False)
+
+
+_FLOAT_CACHE, _FLOAT_LOCKS, _FLOAT_GUARD, _FLOAT_CACHE_SIZE = {}, {}, threading.Lock(), 8
+
+
+def float_models(cfg: dict, data: dict) -> tuple:
+    """(pretrained, float arm = pretrained + the arms' fine-tuning), both float. Points that differ
+    only in /quant share them (a bits sweep pretrains once per seed): a small per-process cache,
+    keyed by everything the two depend on, computed once per key even on several threads. The
+    training is deterministic, so a cached pair is bit for bit the pair a fresh run gives."""
+    t = cfg["train"]
+    key = json.dumps([cfg["model"], cfg["data"], cfg["seed"], t["pretrain"], t["loss"],
+                      {k: t[k] for k in ("epochs", "batch_size", "optimizer")}], sort_keys=True)
+    with _FLOAT_GUARD:
+        lock = _FLOAT_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        with _FLOAT_GUARD:
+            pair = _FLOAT_CACHE.get(key)
+        if pair is None:
+            y = train_targets(data["y_train"], t["loss"])
+            pretrained = build_model(cfg["model"], cfg["seed"])
+            fit_phase(pretrained, data["x_train"], y, t["pretrain"], t["loss"], cfg["seed"])
+            trained = copy.deepcopy(pretrained)
+            fit_phase(trained, data["x_train"], y, t, t["loss"], cfg["seed"])
+            pair = (pretrained, trained)
+            with _FLOAT_GUARD:
+                while len(_FLOAT_CACHE) >= _FLOAT_CACHE_SIZE:   # drop the oldest
+                    oldest = next(iter(_FLOAT_CACHE))
+                    del _FLOAT_CACHE[oldest]
+                    _FLOAT_LOCKS.pop(oldest, None)
+                _FLOAT_CACHE[key] = pair
+    return copy.deepcopy(pair[0]), copy.deepcopy(pair[1])   # the arms train and quantize their own copies
+
+
+def run_training(cfg: dict) -> dict:
+    """A point with a "train" section: pretrain in float, then the arms on the same budget --
+    float: `train.epochs` more in float; ptq: that float model quantized (calibrated on the
+    training rows); qat: the pretrained model quantized with qat=True (lsq per the config) and
+    trained `train.epochs`. Metrics per arm: "<arm>_accuracy", "<arm>_loss" on the evaluation
+    rows, and for ptq/qat the output's qd.compare metrics against the float arm ("<arm>_<metric>");
+    curves: {arm: qd.compare report}."""
+    from .analysis import compare
+    t, a = cfg["train"], cfg["analysis"]
+    data = labelled_data(cfg["data"], cfg["model"]["input_shape"])
+    pretrained, trained = float_models(cfg, data)
+    y_eval = train_targets(data["y_eval"], t["loss"])
+
+    def scores(model):
+        result = model.evaluate(data["x_eval"], y_eval, loss=t["loss"])
+        if "accuracy" not in result:   # mse against one-hot labels: the same argmax accuracy
+            result["accuracy"] = float(np.mean(np.argmax(model.predict(data["x_eval"]), axis=1) == data["y_eval"]))
+        return {"accuracy": result["accuracy"], "loss": result["loss"]}
+
+    metrics = {f"float_{k}": v for k, v in scores(trained).items()}
+    curves = {}
+    for arm in t["arms"]:
+        if arm == "ptq":
+            qm = trained.quantize(quant_config(cfg["quant"]), calibration=data["x_cal"])
+        else:
+            qm = pretrained.quantize(quant_config(cfg["quant"]), qat=True, lsq=t["lsq"], calibration=data["x_cal"])
+            fit_phase(qm, data["x_train"], train_targets(data["y_train"], t["loss"]), t, t["loss"], cfg["seed"])
+        metrics.update({f"{arm}_{k}": v for k, v in scores(qm).items()})
+        report = compare(trained, qm, data["x_eval"], isolated=a["isolated"], attribution=a["attribution"],
+                         predict=a["predict"], per_timestep=a["per_timestep"]).to_dict()
+        report.pop("meta", None)
+        output = next(r for r in report["layers"] if r["layer"] == report["output"] and r["mode"] == "accumulated")
+        metrics.update({f"{arm}_{m}": output[m] for m in a["metrics"]})
+        curves[arm] = report
+    return {"metrics": metrics, "curves": curves}
+
+
 # ---- one point ----------------------------------------------------------------------------------
 def run_normalized(cfg: dict) -> dict:
     """Run one normalized point config: {"metrics": the output's metrics, "curves": qd.compare's
-    report as plain records (per layer, per RNN step, growth fits, ...)}."""
+    report as plain records (per layer, per RNN step, growth fits, ...)}; a "train" section runs
+    the PTQ/QAT arms instead (run_training)."""
     from .analysis import compare
     if "train" in cfg:
-        raise _core.UnsupportedError("/train: the PTQ-vs-QAT training arms are not in this build; the section "
-                                     "is validated only")
+        return run_training(cfg)
     model = build_model(cfg["model"], cfg["seed"])
     x, x_cal = make_data(cfg["data"], model.input_shape)
     cand = candidate(model, cfg["quant"], x_cal)

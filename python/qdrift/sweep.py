@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import pandas as pd
 
 from . import _core
-from .experiments import load_text, point_key, run_point_text
+from .experiments import load_text, metric_names, point_key, run_point_text
 
 
 class Point:
@@ -172,9 +172,9 @@ def sweep(config, executor="local", out=None, resume=False, threads=None, schedu
 
 
 def to_frame(records) -> pd.DataFrame:
-    # Column order is fixed (pointers sorted, metrics in the config's order) whether a record
-    # was computed now or read back from a results file.
+    # Column order is fixed (pointers sorted, metrics in the config's order, per arm for
+    # training points) whether a record was computed now or read back from a results file.
     rows = [dict(index=r["index"], key=r["key"], **{p: r["point"][p] for p in sorted(r["point"])},
-                 **{m: r["metrics"][m] for m in r["config"]["analysis"]["metrics"]}, curves=r["curves"])
+                 **{m: r["metrics"][m] for m in metric_names(r["config"])}, curves=r["curves"])
             for r in records]
     return pd.DataFrame(rows)

@@ -27,9 +27,16 @@ def activation_range(activation, output_scale, output_zero_point, kernels, qmin=
         return qmin, qmax
 
     def quantize(v):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = f32(f32(v) / f32(output_scale))
+        # LiteRT's Prepare (kernel_util.cc Quantize) refuses a bound whose code is outside int32,
+        # e.g. RELU6 on an output scale of 0: "no_integer_overflow_from_quantization".
+        if not -2.0 ** 31 <= round_half_away(q) <= 2.0 ** 31:
+            raise _core.DataError(f"the fused {activation}'s bound {v} is not representable with output scale "
+                                  f"{output_scale} (LiteRT's Prepare rejects this op)")
         if kernels == "xnnpack":
-            return int(np.rint(f32(f32(v) / f32(output_scale)) + f32(output_zero_point)))
-        return output_zero_point + int(round_half_away(f32(f32(v) / f32(output_scale))))
+            return int(np.rint(q + f32(output_zero_point)))
+        return output_zero_point + int(round_half_away(q))
 
     lo = max(qmin, quantize(0.0))
     hi = min(qmax, quantize(6.0)) if activation == "relu6" else qmax

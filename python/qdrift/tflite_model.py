@@ -1,10 +1,10 @@
 """qd.from_tflite: the exact quantized model a .tflite file holds, run on any LiteRT kernel path.
 
 Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and RESHAPE with
-int8 activations, int8 weights and int32 biases (the full-integer profile); float32, float16-weight
-and dynamic-range ops, shape arithmetic and WHILE loops run in tflite_float. The file is read with
+int8 activations, int8 weights and int32 biases (the full-integer profile). The file is read with
 the `tflite` package (flatbuffers bindings of the TFLite schema). Ops on int16 activations (the
-int16x8 profile) run through qdrift.tflite_int16."""
+int16x8 profile) run through qdrift.tflite_int16; float32, float16-weight and dynamic-range ops,
+shape arithmetic and WHILE loops run in qdrift.tflite_float."""
 from __future__ import annotations
 
 import os
@@ -15,8 +15,8 @@ import numpy as np
 from . import _core, tflite_float, tflite_int16
 from .tflite_kernels import KERNEL_PATHS, activation_range, f32, output_stage, round_half_away
 
-_DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64, "INT16": np.int16,
-           "UINT8": np.uint8, "FLOAT16": np.float16, "BOOL": np.bool_}
+_DTYPES = {"FLOAT16": np.float16, "FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "INT64": np.int64,
+           "INT16": np.int16, "UINT8": np.uint8, "BOOL": np.bool_}
 _ACTIVATIONS = {0: "linear", 1: "relu", 3: "relu6"}
 SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "ADD",
                  "TANH", "LOGISTIC", "UNPACK") + tflite_int16.DATA_OPS

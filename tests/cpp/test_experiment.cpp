@@ -85,3 +85,25 @@ TEST_CASE("experiment: errors start with the JSON pointer at fault") {
     if (message.rfind(c.pointer, 0) != 0) MESSAGE(message);
   }
 }
+
+TEST_CASE("experiment: a train section reads its two phases and needs labelled digits") {
+  const std::string digits = R"({"model": {"input_shape": [8, 8], "layers": [{"type": "simple_rnn", "units": 4}]},
+    "data": {"kind": "digits", "batch": 97, "calibration_batch": 200},
+    "train": {"epochs": 3, "optimizer": {"kind": "adam", "lr": 0.002}, "lsq": true,
+              "pretrain": {"epochs": 5, "batch_size": 16}}})";
+  const auto c = parse_experiment(digits);
+  REQUIRE(c.train.has_value());
+  CHECK(c.train->fine_tune.epochs == 3);
+  CHECK(c.train->fine_tune.batch_size == 32);           // each phase has its own defaults
+  CHECK(c.train->fine_tune.optimizer.kind == qdrift::OptimizerKind::kAdam);
+  CHECK(c.train->pretrain.epochs == 5);
+  CHECK(c.train->pretrain.batch_size == 16);
+  CHECK(c.train->pretrain.optimizer.kind == qdrift::OptimizerKind::kSgd);
+  CHECK(c.train->lsq);
+  CHECK(c.data.train_batch == 1797 - 97);                // the rows after the evaluation rows
+  const std::string normalized = qdrift::to_json(c);
+  CHECK(qdrift::to_json(parse_experiment(normalized)) == normalized);
+  const std::string normal = R"({"model": {"input_shape": [3], "layers": [{"type": "dense", "units": 2}]},
+    "train": {}})";
+  CHECK(error_of(normal).rfind("/data/kind: ", 0) == 0);
+}

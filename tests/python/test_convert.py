@@ -185,7 +185,8 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
 def test_float_weight_profiles_equal_the_converter(rng, profile):
     """Dynamic range (int8 weights of 1024+ elements, double arithmetic, float biases) and float16
     (every constant fp16 through DEQUANTIZE): graph, dtypes, scales and constant bits equal the
-    converter's on random models, including layers big enough to cross the 1024 threshold."""
+    converter's on random models, including layers big enough to cross the 1024 threshold; the
+    converted model's outputs equal LiteRT's on every kernel path, bit for bit."""
     quantized = kept_float = 0
     for trial in range(MODELS):
         while True:
@@ -199,6 +200,11 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
                 continue
         flatbuffer, _ = convert_with_tf(km, profile)
         compare_models(ours, qd.from_tflite(flatbuffer), (trial, km.name))
+        x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
+        x = x.astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
         for t in ours.tensors:
             quantized += int(t.dtype == np.int8)
             kept_float += int(t.dtype == np.float32 and t.data is not None and t.data.size > 1 and
@@ -220,8 +226,8 @@ def _widened(km, rng):
 def test_int16x8_random_models_equal_the_converter(rng):
     """int16 activations (symmetric, zero point 0, max|range| / 32767), int8 per-channel weights in
     float32 arithmetic, int64 biases, TANH/LOGISTIC outputs at 1/32768: the old quantizer's file,
-    given the calibrator's ranges. (Running these files is the int16 kernels' job.)"""
-    refused = 0
+    given the calibrator's ranges; and the outputs of both equal LiteRT's on every kernel path."""
+    refused = rejected = 0
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int16x8", cal)
@@ -234,7 +240,24 @@ def test_int16x8_random_models_equal_the_converter(rng):
             refused += 1
             continue
         compare_models(ours, theirs, (trial, km.name))
+        x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
+        x = x.astype(np.float32)
+        for kernels in RESOLVERS:
+            try:
+                _, expected = run_litert(flatbuffer, kernels, x)
+            except RuntimeError as e:
+                # LiteRT's Prepare refuses a fused RELU/RELU6 whose bound overflows int32 (an
+                # output scale of 0: the old quantizer has no zero-range guard); so does qdrift.
+                assert "no_integer_overflow_from_quantization" in str(e), (trial, kernels, e)
+                for tm in (ours, theirs):
+                    with pytest.raises(qd.DataError, match="LiteRT's Prepare rejects"):
+                        tm.run(x, kernels=kernels)
+                rejected += 1
+                continue
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
+            assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
     assert refused <= MODELS // 10, refused
+    print(f"LiteRT (and qdrift) refused {rejected} (model, path) runs at Prepare")
 
 
 def _canonical_models():
@@ -251,7 +274,8 @@ def _canonical_models():
 @pytest.mark.parametrize("profile", ["tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
 def test_canonical_examples_other_profiles(rng, profile):
     """The three canonical models under the other profiles: the converter's parameters exactly
-    (int16x8 from the calibrator's ranges, with a random and with the example's own calibration)."""
+    (int16x8 from the calibrator's ranges, with a random and with the example's own calibration),
+    and LiteRT's outputs on every kernel path."""
     for km, x in _canonical_models():
         for cal in (rng.uniform(0, 2, (4,) + x.shape[1:]).astype(np.float32), x):
             flatbuffer, calibrated = convert_with_tf(km, profile, cal)
@@ -261,3 +285,10 @@ def test_canonical_examples_other_profiles(rng, profile):
             else:
                 ours = qd.convert(km, profile)
             compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
+            for kernels in RESOLVERS:
+                _, expected = run_litert(flatbuffer, kernels, x)
+                assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, kernels)
+                if profile == "tflite_dynamic" and km.layers[0].name.startswith(("dense", "conv2d")):
+                    # 1 and 9 weights: far below the 1024-element threshold, so dynamic range
+                    # leaves these layers in float and the answer is exact: no quantization at all.
+                    assert np.all(expected == (3.0 if x.size == 1 else 9.0)), (km.name, expected)

@@ -46,6 +46,16 @@ def with_(path, value, base=BASE):
 
 
 DELETE = object()
+# A training point small enough for a test: 64 training digits, 2 + 1 epochs.
+TRAIN = {"name": "tiny_train", "seed": 3,
+         "model": {"input_shape": [8, 8],
+                   "layers": [{"type": "simple_rnn", "units": 8, "name": "rnn"},
+                              {"type": "dense", "units": 10, "name": "head"}]},
+         "data": {"kind": "digits", "batch": 40, "train_batch": 64, "calibration_batch": 32},
+         "quant": {"weights": {"bits": 4, "symmetric": True}, "activations": {"bits": 8}, "state": {"bits": 8}},
+         "train": {"pretrain": {"epochs": 2, "batch_size": 16, "optimizer": {"kind": "adam", "lr": 0.01}},
+                   "epochs": 1, "batch_size": 16, "optimizer": {"kind": "sgd", "lr": 0.05, "momentum": 0.5},
+                   "loss": "cross_entropy", "lsq": True}}
 CONV = {"model": {"input_shape": [5, 5, 1], "layers": [{"type": "conv2d", "filters": 4, "kernel_size": 3}]}}
 
 # (config, the JSON pointer the ConfigError must start with)
@@ -96,6 +106,21 @@ MALFORMED = [
     (with_("/train", {"loss": "l2"}), "/train/loss"),
     (with_("/train", {"optimizer": {"kind": "sgd", "momentum": 1.0}}), "/train/optimizer/momentum"),
     (with_("/train", {"arms": []}), "/train/arms"),
+    (with_("/train/pretrain/epoch", 3, TRAIN), "/train/pretrain/epoch"),                  # the training keys
+    (with_("/train/metric", "accuracy", TRAIN), "/train/metric"),
+    (with_("/train/pretrain/optimizer/kind", "adamw", TRAIN), "/train/pretrain/optimizer/kind"),
+    (with_("/train/pretrain/optimizer/lr", 0, TRAIN), "/train/pretrain/optimizer/lr"),
+    (with_("/train/pretrain/epochs", 0, TRAIN), "/train/pretrain/epochs"),
+    (with_("/train/pretrain", [2], TRAIN), "/train/pretrain"),
+    (with_("/train/lsq", "yes", TRAIN), "/train/lsq"),
+    (with_("/train/pretrain/optimizer/momentum", 0.9, TRAIN), "/train/pretrain/optimizer/momentum"),  # adam
+    (with_("/train/arms", ["qat", "float"], TRAIN), "/train/arms/1"),
+    (with_("/train", {}), "/data/kind"),                                                   # needs labels
+    (with_("/quant", {"profile": "tflite_int8"}, TRAIN), "/quant/profile"),                # QAT is fake quant
+    (with_("/data/train_batch", 1797 - 39, TRAIN), "/data/train_batch"),                   # overlaps evaluation
+    (with_("/data/train_batch", 0, TRAIN), "/data/train_batch"),
+    (with_("/data/calibration_batch", 65, TRAIN), "/data/calibration_batch"),              # outside training rows
+    (with_("/data/train_batch", 64), "/data/train_batch"),                                 # digits only
     (with_("/model/weights", {"head/kernal": 1.0}), "/model/weights/head~1kernal"),
     (with_("/model/weights", {"dense/kernel": 1.0}), "/model/weights/dense~1kernel"),
     (dict(CONV, model=dict(CONV["model"], layers=[dict(CONV["model"]["layers"][0], groups=3)])),
@@ -194,11 +219,12 @@ def every_key_config(tmp_path):
         {"type": "dense", "units": 2}, {"type": "conv2d", "filters": 2, "kernel_size": 1},
         {"type": "depthwise_conv2d", "kernel_size": 1}, {"type": "simple_rnn", "units": 2},
         {"type": "activation", "activation": "relu"}, {"type": "reshape", "target_shape": [2]}]
-    full = dict(with_("/model/layers", layers), train={}, sweep={"/seed": [0, 1]})
+    full = dict(with_("/model/layers", layers), sweep={"/seed": [0, 1]})
     out = [full] + [with_("/data", {"kind": k, **extra}, full) for k, extra in
                     [("uniform", {}), ("constant", {}), ("digits", {}),
                      ("npy", {"path": str(tmp_path / "x.npy")}), ("npz", {"path": str(tmp_path / "x.npz")})]]
-    return out + [with_("/quant", {"profile": "tflite_int8"}, full)]
+    return out + [with_("/quant", {"profile": "tflite_int8"}, full), dict(with_("/data", {"kind": "digits"}, full),
+                                                                          train={})]
 
 
 def test_schema_and_readme_list_exactly_the_reader_keys(tmp_path):
@@ -282,12 +308,73 @@ def test_canonical_weights_and_constant_data():
     assert np.array_equal(model(x), np.full((1, 3, 3, 1), 9.0, np.float32))
 
 
-def test_train_section_is_validated_but_not_run():
-    assert experiments.parse(with_("/train", {}))["train"] == {
-        "epochs": 1, "batch_size": 32, "loss": "mse", "arms": ["ptq", "qat"],
-        "optimizer": {"kind": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0}}
-    with pytest.raises(qd.UnsupportedError, match="^/train"):
-        experiments.run(with_("/train", {}))
+def test_train_defaults():
+    c = experiments.parse(with_("/train", {}, with_("/data", {"kind": "digits", "batch": 97})))
+    phase = {"epochs": 1, "batch_size": 32, "optimizer": {"kind": "sgd", "lr": 0.01, "momentum": 0.0,
+                                                          "weight_decay": 0.0}}
+    assert c["train"] == dict(phase, pretrain=phase, loss="mse", lsq=False, arms=["ptq", "qat"])
+    assert c["data"]["train_batch"] == 1700 and c["data"]["calibration_batch"] == 97   # the rest of the 1797
+
+
+# ---- training points: the same numbers as training.py called by hand -------------------------------
+def hand_trained(config, bits, loss):
+    """The float, PTQ and QAT arms of TRAIN built and trained by hand with qd's public API."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.random.default_rng([3, 2]).permutation(1797)              # the data seed's shuffle stream
+    x = (digits.data[order] / 16.0).astype(np.float32).reshape(-1, 8, 8)
+    y = digits.target[order]
+    x_ev, y_ev, x_tr, y_tr, x_cal = x[:40], y[:40], x[-64:], y[-64:], x[-32:]
+    target = (lambda t: t) if loss == "cross_entropy" else (lambda t: np.eye(10, dtype=np.float32)[t])
+    model = qd.Sequential([qd.layers.SimpleRNN(8, name="rnn"), qd.layers.Dense(10, name="head")],
+                          input_shape=(8, 8), seed=3)
+    model.fit(x_tr, target(y_tr), epochs=2, batch_size=16, loss=loss, optimizer={"kind": "adam", "lr": 0.01,
+              "weight_decay": 0.0}, seed=3, verbose=False)
+    trained = copy.deepcopy(model)
+    sgd = {"kind": "sgd", "lr": 0.05, "momentum": 0.5, "weight_decay": 0.0}
+    trained.fit(x_tr, target(y_tr), epochs=1, batch_size=16, loss=loss, optimizer=sgd, seed=3, verbose=False)
+    spec = lambda **kw: json.loads(qd.Quantizer(**kw).spec_json())   # noqa: E731
+    qc = qd.QuantConfig(weights=spec(bits=bits, symmetric=True), activations=spec(bits=8), state=spec(bits=8))
+    ptq = trained.quantize(qc, calibration=x_cal)
+    qat = model.quantize(qc, qat=True, lsq=True, calibration=x_cal)
+    qat.fit(x_tr, target(y_tr), epochs=1, batch_size=16, loss=loss, optimizer=sgd, seed=3, verbose=False)
+    out = {}
+    for arm, m in [("float", trained), ("ptq", ptq), ("qat", qat)]:
+        r = m.evaluate(x_ev, target(y_ev), loss=loss)
+        out[f"{arm}_loss"] = r["loss"]
+        out[f"{arm}_accuracy"] = float(np.mean(np.argmax(m.predict(x_ev), axis=1) == y_ev))
+        if arm != "float":
+            y_f, y_q = np.float64(trained.predict(x_ev)), np.float64(m.predict(x_ev))
+            out[f"{arm}_mse"] = float(np.mean((y_q - y_f) ** 2))
+    return out
+
+
+def test_training_points_equal_training_by_hand(tmp_path):
+    config = with_("/analysis", {"metrics": ["mse"]},
+                   with_("/sweep", {"/quant/weights/bits": [3, 8], "/train/loss": ["cross_entropy", "mse"]}, TRAIN))
+    df = qd.sweep(config, out=tmp_path, threads=2, progress=False)
+    assert list(df.columns) == ["index", "key", "/quant/weights/bits", "/train/loss", "float_accuracy", "float_loss",
+                                "ptq_accuracy", "ptq_loss", "ptq_mse", "qat_accuracy", "qat_loss", "qat_mse", "curves"]
+    for _, row in df.iterrows():
+        oracle = hand_trained(config, row["/quant/weights/bits"], row["/train/loss"])
+        for name, value in oracle.items():
+            if name.endswith("_mse"):   # rtol: the C++ metric kernels sum in another order than NumPy
+                assert np.isclose(row[name], value, rtol=1e-12, atol=0), (name, row[name], value)
+            else:                      # the same training, bit for bit
+                assert row[name] == value, (name, row["/quant/weights/bits"], row["/train/loss"], row[name], value)
+        assert set(row["curves"]) == {"ptq", "qat"}
+    assert df["float_loss"].nunique() == 2 and (df["float_accuracy"] >= 0.2).all()   # 10 classes: chance is 0.1
+    # Resuming reads the same rows back; a fresh process-wide cache gives the same bits.
+    assert qd.sweep(config, out=tmp_path, resume=True, progress=False).drop(columns="curves").equals(
+        df.drop(columns="curves"))
+    experiments._FLOAT_CACHE.clear()
+    one = qd.sweep(config, threads=1, progress=False)
+    assert one.drop(columns="curves").equals(df.drop(columns="curves"))
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        dask = qd.sweep(config, executor="dask", scheduler=client, out=tmp_path / "dask.jsonl", progress=False)
+    assert lines_by_key(tmp_path / "dask.jsonl") == lines_by_key(tmp_path / "tiny_train.jsonl")
 
 
 # ---- sweeps ---------------------------------------------------------------------------------------
@@ -343,8 +430,9 @@ def test_resume_skips_finished_points_and_cuts_a_torn_line(tmp_path):
 
 
 def test_a_failing_point_stops_the_sweep_and_names_itself(tmp_path):
-    config = with_("/sweep", {"/seed": list(range(6))}, with_("/train", {}))
-    with pytest.raises(qd.UnsupportedError, match=r"^/train: .*\(sweep point \d: \{\"/seed\": \d\}\)"):
+    np.save(tmp_path / "two.npy", np.zeros((2, 6, 2), np.float32))   # a valid file with too few samples
+    config = with_("/sweep", {"/seed": list(range(6))}, with_("/data", {"kind": "npy", "path": str(tmp_path / "two.npy")}))
+    with pytest.raises(qd.ConfigError, match=r"^/data/path: has 2 samples.*\(sweep point \d: \{\"/seed\": \d\}\)"):
         qd.sweep(config, out=tmp_path, threads=2, progress=False)
     assert (tmp_path / "tiny.jsonl").read_text() == ""
 

@@ -61,6 +61,7 @@ struct DataConfig {
   DataKind kind = DataKind::kNormal;
   int batch = 32;                   // evaluation samples
   int calibration_batch = 32;       // calibration samples; the reader's default is `batch`
+  int train_batch = 0;              // digits: training samples; the reader's default is 1797 - batch
   std::optional<std::uint64_t> seed;  // default: the experiment's seed
   double mean = 0.0, std = 1.0;     // normal
   double low = -1.0, high = 1.0;    // uniform
@@ -112,11 +113,19 @@ struct OptimizerConfig {
   double weight_decay = 0.0;  // >= 0
 };
 
-struct TrainConfig {
+// One training phase: minibatch epochs with an optimizer (qd.Sequential.fit).
+struct PhaseConfig {
   int epochs = 1;
   int batch_size = 32;
-  Loss loss = Loss::kMse;
   OptimizerConfig optimizer;
+};
+
+// PTQ vs QAT: pretrain the float model, then give every arm the same fine-tuning budget.
+struct TrainConfig {
+  PhaseConfig pretrain;       // the float model, before the arms (/train/pretrain)
+  PhaseConfig fine_tune;      // each arm: float and QAT train, PTQ quantizes the float arm (/train itself)
+  Loss loss = Loss::kMse;     // both phases; mse targets are one-hot labels
+  bool lsq = false;           // QAT arm: learn the quantizers' scales and zero points
   std::vector<TrainArm> arms{TrainArm::kPtq, TrainArm::kQat};
 };
 
