@@ -137,9 +137,11 @@ void validate(const RequantParams& p) {
   const std::string_view name = requant_method_name(p.method);
   QDRIFT_CHECK(p.qmin <= p.qmax, ConfigError, "requantize: qmin (", p.qmin, ") must be <= qmax (", p.qmax, ")");
   if (requant_method_uses_real_scale(p.method)) {
-    // XNNPACK stores the scale as a float, so it must stay finite after narrowing.
+    // XNNPACK stores the scale as a float, so it must stay finite after narrowing. double_rha
+    // takes +inf: the converter writes infinite weight scales (int16x8 AdjustWeightsForBiasScale)
+    // and the kernel's x86 cast turns every product into INT32_MIN (see requantize).
     const bool finite = p.method == RequantMethod::kXnnpack ? std::isfinite(static_cast<float>(p.scale))
-                                                            : std::isfinite(p.scale);
+                                                            : std::isfinite(p.scale) || std::isinf(p.scale);
     QDRIFT_CHECK(finite && p.scale >= 0.0, ConfigError, "requantize: method ", name,
                  " needs a finite scale >= 0, got ", p.scale);
     return;
