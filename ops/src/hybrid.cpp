@@ -74,7 +74,9 @@ KernelPath parse_kernel_path(std::string_view name) {
   if (name == "reference") return KernelPath::kReference;
   if (name == "builtin") return KernelPath::kBuiltin;
   if (name == "xnnpack") return KernelPath::kXnnpack;
-  throw ConfigError("kernels: unknown path '" + std::string(name) + "'; expected one of reference, builtin, xnnpack");
+  if (name == "tf_builtin") return KernelPath::kTfBuiltin;
+  throw ConfigError("kernels: unknown path '" + std::string(name) +
+                    "'; expected one of reference, builtin, xnnpack, tf_builtin");
 }
 
 void quantize_row_symmetric_tflite(const float* x, std::size_t n, std::int8_t* q, float* scale) {
@@ -265,8 +267,22 @@ EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size
   return row < out / 4 * 4 ? EigenSum::kGebpPairs : EigenSum::kGebpSwapped;
 }
 
+// The tensorflow wheel's AVX matrix-vector product: 8 lanes over whole packets, no half packets.
+float gemv_dot_avx(const float* x, const float* w, std::size_t depth) {
+  float lane[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const std::size_t end = depth / 8 * 8;
+  for (std::size_t i = 0; i < end; i += 8)
+    for (std::size_t l = 0; l < 8; ++l) lane[l] += x[i + l] * w[i + l];
+  float half[4];
+  for (std::size_t l = 0; l < 4; ++l) half[l] = lane[l] + lane[l + 4];   // AVX predux: halves added
+  float t = (half[0] + half[2]) + (half[1] + half[3]);
+  for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
+  return t;
+}
+
 // One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
-float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth) {
+float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth, bool avx) {
+  if (avx && order == EigenSum::kGemv) return gemv_dot_avx(x, w, depth);
   if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
     const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
     const std::size_t end = order == EigenSum::kGebpPairs ? depth / 8 * 8 : depth / 4 * 4;
@@ -322,9 +338,9 @@ void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
       const float* wr = filter + o * in;
       const float bo = bias ? bias[o] : 0.0f;
       float v = 0.0f;
-      if (path == KernelPath::kBuiltin) {
+      if (path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin) {
         const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch) : order;
-        v = eigen_dot(o_order, xr, wr, in) + bo;
+        v = eigen_dot(o_order, xr, wr, in, path == KernelPath::kTfBuiltin) + bo;
       } else if (path == KernelPath::kXnnpack) {
         v = bo;
         for (std::size_t i = 0; i < in; ++i) v = std::fma(xr[i], wr[i], v);
@@ -340,8 +356,8 @@ namespace {
 
 // The builtin conv: each output pixel's patch (ky, kx, c; padding as zeros) is a column of the
 // im2col matrix, multiplied by the filter rows (O, KH*KW*C) in the builtin GEMM's order.
-void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, float lo,
-                       float hi, float* y) {
+void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, bool avx,
+                       float lo, float hi, float* y) {
   const std::size_t depth = g.kh * g.kw * g.c, pixels = g.n * g.oh * g.ow;
   const EigenSum order = eigen_sum_order(g.o, depth, pixels);
   std::vector<float> rows(g.o * depth), patch(depth);
@@ -367,7 +383,7 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
         float* out = y + col * g.o;
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels) : order;
-          out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth) + (bias ? bias[oc] : 0.0f),
+          out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth, avx) + (bias ? bias[oc] : 0.0f),
                            lo, hi);
         }
       }
@@ -377,12 +393,13 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
 
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
                 bool depthwise, float lo, float hi, float* y) {
-  if (path == KernelPath::kBuiltin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
-    conv2d_f32_im2col(g, x, filter, bias, lo, hi, y);
+  const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
+  if (builtin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
+    conv2d_f32_im2col(g, x, filter, bias, path == KernelPath::kTfBuiltin, lo, hi, y);
     return;
   }
   const bool fused = path == KernelPath::kXnnpack;
-  const bool from_bias = fused || (path == KernelPath::kBuiltin && depthwise);
+  const bool from_bias = fused || (builtin && depthwise);
   // XNNPACK's depthwise kernels (one input and one output channel per group; a depth multiplier
   // above 1 runs as a grouped GEMM instead) walk the taps column by column (kx outer, ky inner).
   const bool columns_first = fused && g.cg() == 1 && g.og() == 1;
@@ -449,9 +466,11 @@ void logistic_f32(const float* x, std::size_t n, float* y) {
     y[i] = x[i] > upper ? 1.0f : x[i] < lower ? std::exp(x[i]) : 1.0f / (1.0f + std::exp(-x[i]));
 }
 
-void logistic_eigen_f32(const float* x, std::size_t n, float* y) {
+namespace {
+
+void logistic_eigen_packets(const float* x, std::size_t n, std::size_t packet, float* y) {
   const float hi = 16.6355324f, lo = -104.0f;
-  const std::size_t packets_end = n / 4 * 4;
+  const std::size_t packets_end = n / packet * packet;
   for (std::size_t i = 0; i < n; ++i) {
     const float v = std::min(x[i], hi);
     if (i >= packets_end) {   // the scalar tail
@@ -474,6 +493,12 @@ void logistic_eigen_f32(const float* x, std::size_t n, float* y) {
     y[i] = x[i] < lo ? 0.0f : e / (1.0f + e);
   }
 }
+
+}  // namespace
+
+void logistic_eigen_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, 4, y); }
+
+void logistic_eigen_avx_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, 8, y); }
 
 void logistic_xnnpack_f32(const float* x, std::size_t n, float* y) {
   static const float table[32] = {   // 2^(k/32), k = 0..31, as XNNPACK stores them
