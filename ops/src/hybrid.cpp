@@ -246,7 +246,7 @@ namespace {
 
 // The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
 // output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
-enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGebpSwapped };
+enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGebpSwapped, kGebpSwappedAvx };
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
@@ -262,27 +262,33 @@ EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
 // whole groups of 4 sum sequentially; rows of the last 4-row tile alternate two accumulators over
 // whole 8-steps of depth; the leftover rows (out mod 4) run a "swapped" kernel with 4
 // accumulators (depth mod 4), merged as (c0 + c1) + (c2 + c3).
-EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols) {
-  if (col >= cols / 4 * 4 || row < out / 8 * 8) return EigenSum::kSequential;
-  return row < out / 4 * 4 ? EigenSum::kGebpPairs : EigenSum::kGebpSwapped;
+// With AVX (8-float packets) the sequential tiles are 16 rows, the 8-row tile and the 4-row
+// half-packet tile after them alternate two accumulators, and the leftover rows run the swapped
+// kernel in its AVX form (kGebpSwappedAvx).
+EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols, bool avx) {
+  if (col >= cols / 4 * 4 || row < out / (avx ? 16 : 8) * (avx ? 16 : 8)) return EigenSum::kSequential;
+  if (row < out / 4 * 4) return EigenSum::kGebpPairs;
+  return avx ? EigenSum::kGebpSwappedAvx : EigenSum::kGebpSwapped;
 }
 
-// The tensorflow wheel's AVX matrix-vector product: 8 lanes over whole packets, no half packets.
-float gemv_dot_avx(const float* x, const float* w, std::size_t depth) {
-  float lane[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-  const std::size_t end = depth / 8 * 8;
-  for (std::size_t i = 0; i < end; i += 8)
-    for (std::size_t l = 0; l < 8; ++l) lane[l] += x[i + l] * w[i + l];
-  float half[4];
-  for (std::size_t l = 0; l < 4; ++l) half[l] = lane[l] + lane[l + 4];   // AVX predux: halves added
-  float t = (half[0] + half[2]) + (half[1] + half[3]);
-  for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
+// The AVX swapped kernel: a packet holds 2 depth steps x 4 columns, so each output has 4
+// accumulators of 2 lanes (k = 8t + 2m + p), merged as (c0 + c1) + (c2 + c3); whole pairs of
+// steps after the last 8 go into that sum, the two lanes are added, then the odd last step.
+float gebp_swapped_avx_dot(const float* x, const float* w, std::size_t depth) {
+  float acc[4][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}, {0.0f, 0.0f}, {0.0f, 0.0f}};
+  const std::size_t end8 = depth / 8 * 8, end2 = depth / 2 * 2;
+  for (std::size_t i = 0; i < end8; ++i) acc[i % 8 / 2][i % 2] += x[i] * w[i];
+  float s[2];
+  for (std::size_t p = 0; p < 2; ++p) s[p] = (acc[0][p] + acc[1][p]) + (acc[2][p] + acc[3][p]);
+  for (std::size_t i = end8; i < end2; ++i) s[i % 2] += x[i] * w[i];
+  float t = s[0] + s[1];
+  if (end2 < depth) t += x[end2] * w[end2];
   return t;
 }
 
 // One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
 float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth, bool avx) {
-  if (avx && order == EigenSum::kGemv) return gemv_dot_avx(x, w, depth);
+  if (order == EigenSum::kGebpSwappedAvx) return gebp_swapped_avx_dot(x, w, depth);
   if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
     const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
     const std::size_t end = order == EigenSum::kGebpPairs ? depth / 8 * 8 : depth / 4 * 4;
@@ -292,7 +298,8 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
     for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
     return t;
   }
-  if (order == EigenSum::kSequential || depth < 4) {
+  const std::size_t P = avx ? 8 : 4;   // floats per packet
+  if (order == EigenSum::kSequential || depth < P) {
     float t = 0.0f;
     if (order == EigenSum::kRedux && depth > 0) {   // redux starts from the first product, not 0
       t = x[0] * w[0];
@@ -302,26 +309,28 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
     for (std::size_t i = 0; i < depth; ++i) t += x[i] * w[i];
     return t;
   }
-  float lane[4], lane1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  const std::size_t end = depth / 4 * 4;
-  for (std::size_t l = 0; l < 4; ++l) lane[l] = order == EigenSum::kGemv ? 0.0f + x[l] * w[l] : x[l] * w[l];
+  float lane[8], lane1[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const std::size_t end = depth / P * P;
+  for (std::size_t l = 0; l < P; ++l) lane[l] = order == EigenSum::kGemv ? 0.0f + x[l] * w[l] : x[l] * w[l];
   if (order == EigenSum::kGemv) {   // one accumulator per row: c += x * w packet by packet
-    for (std::size_t i = 4; i < end; i += 4)
-      for (std::size_t l = 0; l < 4; ++l) lane[l] += x[i + l] * w[i + l];
+    for (std::size_t i = P; i < end; i += P)
+      for (std::size_t l = 0; l < P; ++l) lane[l] += x[i + l] * w[i + l];
   } else {                          // redux: two accumulators over pairs of packets, then merged
-    const std::size_t end2 = depth / 8 * 8;
-    if (end > 4) {
-      for (std::size_t l = 0; l < 4; ++l) lane1[l] = x[4 + l] * w[4 + l];
-      for (std::size_t i = 8; i < end2; i += 8)
-        for (std::size_t l = 0; l < 4; ++l) {
+    const std::size_t end2 = depth / (2 * P) * (2 * P);
+    if (end > P) {
+      for (std::size_t l = 0; l < P; ++l) lane1[l] = x[P + l] * w[P + l];
+      for (std::size_t i = 2 * P; i < end2; i += 2 * P)
+        for (std::size_t l = 0; l < P; ++l) {
           lane[l] += x[i + l] * w[i + l];
-          lane1[l] += x[i + 4 + l] * w[i + 4 + l];
+          lane1[l] += x[i + P + l] * w[i + P + l];
         }
-      for (std::size_t l = 0; l < 4; ++l) lane[l] += lane1[l];
+      for (std::size_t l = 0; l < P; ++l) lane[l] += lane1[l];
       if (end > end2)
-        for (std::size_t l = 0; l < 4; ++l) lane[l] += x[end2 + l] * w[end2 + l];
+        for (std::size_t l = 0; l < P; ++l) lane[l] += x[end2 + l] * w[end2 + l];
     }
   }
+  if (avx)   // AVX predux: the two halves added lane by lane, then the SSE predux
+    for (std::size_t l = 0; l < 4; ++l) lane[l] += lane[l + 4];
   float t = (lane[0] + lane[2]) + (lane[1] + lane[3]);   // SSE predux: (a0 + a2) + (a1 + a3)
   for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
   return t;
@@ -339,7 +348,7 @@ void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
       const float bo = bias ? bias[o] : 0.0f;
       float v = 0.0f;
       if (path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin) {
-        const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch) : order;
+        const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch, path == KernelPath::kTfBuiltin) : order;
         v = eigen_dot(o_order, xr, wr, in, path == KernelPath::kTfBuiltin) + bo;
       } else if (path == KernelPath::kXnnpack) {
         v = bo;
@@ -382,7 +391,7 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
         const std::size_t col = (n * g.oh + oy) * g.ow + ox;
         float* out = y + col * g.o;
         for (std::size_t oc = 0; oc < g.o; ++oc) {
-          const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels) : order;
+          const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels, avx) : order;
           out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth, avx) + (bias ? bias[oc] : 0.0f),
                            lo, hi);
         }
