@@ -246,7 +246,7 @@ namespace {
 
 // The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
 // output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
-enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGebpSwapped, kGebpSwappedAvx };
+enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf };
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
@@ -271,6 +271,15 @@ EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size
   return avx ? EigenSum::kGebpSwappedAvx : EigenSum::kGebpSwapped;
 }
 
+// With AVX, Eigen's row-major matrix-vector product runs rows in blocks of 8, 4 and 2 (whole
+// packets of 8 only); the one row left when there is an odd number of them also takes a half
+// packet of 4 (kGemvHalf). The product's rows are the outputs, or the columns when out == 1
+// (a row vector times a matrix runs transposed).
+EigenSum tf_gemv_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols) {
+  const std::size_t rows = cols == 1 ? out : cols, r = cols == 1 ? row : col;
+  return rows % 2 == 1 && r == rows - 1 ? EigenSum::kGemvHalf : EigenSum::kGemv;
+}
+
 // The AVX swapped kernel: a packet holds 2 depth steps x 4 columns, so each output has 4
 // accumulators of 2 lanes (k = 8t + 2m + p), merged as (c0 + c1) + (c2 + c3); whole pairs of
 // steps after the last 8 go into that sum, the two lanes are added, then the odd last step.
@@ -289,6 +298,13 @@ float gebp_swapped_avx_dot(const float* x, const float* w, std::size_t depth) {
 // One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
 float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth, bool avx) {
   if (order == EigenSum::kGebpSwappedAvx) return gebp_swapped_avx_dot(x, w, depth);
+  if (order == EigenSum::kGemvHalf) {   // whole packets of 8, then one of 4, then the rest
+    const std::size_t end8 = depth / 8 * 8, end4 = depth / 4 * 4;
+    float t = end8 > 0 ? eigen_dot(EigenSum::kGemv, x, w, end8, true) : 0.0f;
+    if (end4 > end8) t += eigen_dot(EigenSum::kGemv, x + end8, w + end8, 4, false);
+    for (std::size_t i = end4; i < depth; ++i) t += x[i] * w[i];
+    return t;
+  }
   if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
     const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
     const std::size_t end = order == EigenSum::kGebpPairs ? depth / 8 * 8 : depth / 4 * 4;
@@ -348,8 +364,10 @@ void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
       const float bo = bias ? bias[o] : 0.0f;
       float v = 0.0f;
       if (path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin) {
-        const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch, path == KernelPath::kTfBuiltin) : order;
-        v = eigen_dot(o_order, xr, wr, in, path == KernelPath::kTfBuiltin) + bo;
+        const bool avx = path == KernelPath::kTfBuiltin;
+        EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch, avx) : order;
+        if (avx && order == EigenSum::kGemv) o_order = tf_gemv_order(o, b, out, batch);
+        v = eigen_dot(o_order, xr, wr, in, avx) + bo;
       } else if (path == KernelPath::kXnnpack) {
         v = bo;
         for (std::size_t i = 0; i < in; ++i) v = std::fma(xr[i], wr[i], v);
@@ -391,7 +409,8 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
         const std::size_t col = (n * g.oh + oy) * g.ow + ox;
         float* out = y + col * g.o;
         for (std::size_t oc = 0; oc < g.o; ++oc) {
-          const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels, avx) : order;
+          EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels, avx) : order;
+          if (avx && order == EigenSum::kGemv) o_order = tf_gemv_order(oc, col, g.o, pixels);
           out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth, avx) + (bias ? bias[oc] : 0.0f),
                            lo, hi);
         }
