@@ -496,9 +496,9 @@ void logistic_f32(const float* x, std::size_t n, float* y) {
 
 namespace {
 
-void logistic_eigen_packets(const float* x, std::size_t n, std::size_t packet, float* y) {
+// packets_end: where the scalar std::exp tail starts.
+void logistic_eigen_packets(const float* x, std::size_t n, std::size_t packets_end, float* y) {
   const float hi = 16.6355324f, lo = -104.0f;
-  const std::size_t packets_end = n / packet * packet;
   for (std::size_t i = 0; i < n; ++i) {
     const float v = std::min(x[i], hi);
     if (i >= packets_end) {   // the scalar tail
@@ -524,9 +524,9 @@ void logistic_eigen_packets(const float* x, std::size_t n, std::size_t packet, f
 
 }  // namespace
 
-void logistic_eigen_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, 4, y); }
+void logistic_eigen_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, n / 4 * 4, y); }
 
-void logistic_eigen_avx_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, 8, y); }
+void logistic_eigen_tf_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, n, y); }
 
 void logistic_xnnpack_f32(const float* x, std::size_t n, float* y) {
   static const float table[32] = {   // 2^(k/32), k = 0..31, as XNNPACK stores them

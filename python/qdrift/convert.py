@@ -25,12 +25,14 @@ reading the files (tests/python/test_convert.py checks every one against the rea
   - int8 (MLIR quantizer): a bias that would exceed INT32_MAX / 2 enlarges that channel's weight
     scale (SetBiasParamsWithAdjustments); int16x8 (old quantizer): AdjustWeightsForBiasScale,
     and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
-Calibration runs the float graph with qdrift's float ops and keeps each tensor's global
-min/max, starting from (FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every
-ADD by ADD's output (LiteRT runs ADD in place and the calibrator logs inputs after the op). The
-calibrator runs the TensorFlow wheel's builtin optimized float kernels (not LiteRT's, not
-XNNPACK), whose summation order and tanh differ from qdrift's in the last bits, so a scale from
-qdrift's min/max can differ from the file's (about 1 activation tensor in 6 on random models);
+Calibration runs the float graph one sample at a time (as the calibrator does: the batch size
+picks Eigen's summation order) through tflite_float's "tf_builtin" kernels, the tensorflow
+wheel's builtin optimized float kernels that the calibrator runs (not LiteRT's: the wheel's Eigen
+has AVX packets; see hybrid.h), keeps each tensor's global min/max, starting from
+(FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every ADD by ADD's output
+(LiteRT runs ADD in place and the calibrator logs inputs after the op). Not reproduced: a
+FULLY_CONNECTED with one output unit (Eigen's dot product, whose AVX order is unknown) and which
+ADD input the arena shares on some unrolled RNNs, so a scale can still differ from the file's;
 pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
 from __future__ import annotations
 

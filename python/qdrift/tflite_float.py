@@ -22,10 +22,10 @@ _INTEGER_DTYPES = (np.int8, np.int16, np.uint8)
 
 def activation_function(op, kernels):
     """activation_f32's name for float TANH / LOGISTIC on path `kernels`. The tensorflow wheel's
-    builtin ("tf_builtin") has the same TANH as LiteRT's and LOGISTIC in AVX packets of 8."""
+    builtin ("tf_builtin") has the same TANH as LiteRT's, and LOGISTIC without a scalar tail."""
     suffix = {"reference": "", "builtin": "_eigen", "xnnpack": "_xnnpack", "tf_builtin": "_eigen"}[kernels]
     if op == "LOGISTIC" and kernels == "tf_builtin":
-        suffix = "_eigen_avx"
+        suffix = "_eigen_tf"
     return op.lower() + suffix
 
 

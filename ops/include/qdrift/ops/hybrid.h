@@ -39,7 +39,8 @@ void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* 
 // ---- Hybrid kernels ---------------------------------------------------------------------------
 // kTfBuiltin: the builtin kernels as the tensorflow wheel builds them (its TFLite calibrator runs
 // these): Eigen with AVX (8-float packets), still without FMA. Only the float matrix-vector
-// product and the LOGISTIC packets differ from kBuiltin (measured); everything else is shared.
+// product, the blocked GEMM's tiles and LOGISTIC differ from kBuiltin (measured); DEPTHWISE
+// and TANH are LiteRT's builtin ones.
 enum class KernelPath : std::uint8_t { kReference, kBuiltin, kXnnpack, kTfBuiltin };
 // "reference" | "builtin" | "xnnpack" | "tf_builtin"
 KernelPath parse_kernel_path(std::string_view name);
@@ -103,8 +104,9 @@ void logistic_f32(const float* x, std::size_t n, float* y);
 // compute exp(x/2) by a Cephes-style range reduction and a degree-5 polynomial, square it, and
 // return e / (1 + e) (0 below -104, x capped at 16.6355324); the n mod 4 tail uses std::exp.
 void logistic_eigen_f32(const float* x, std::size_t n, float* y);
-// The same with the tensorflow wheel's AVX packets of 8 (the n mod 8 tail uses std::exp).
-void logistic_eigen_avx_f32(const float* x, std::size_t n, float* y);
+// The tensorflow wheel's builtin LOGISTIC: the packet formula above for every element, no scalar
+// tail (measured against tf.lite.Interpreter for n = 1..37).
+void logistic_eigen_tf_f32(const float* x, std::size_t n, float* y);
 // XNNPACK's float sigmoid on AVX-512 (f32-vsigmoid rr2_lut32_p2_perm2_scalef_div): e = exp(-|x|)
 // from a 32-entry table of 2^(k/32), a two-step ln2 range reduction and a degree-2 polynomial, all
 // with FMA; y = e / (1 + e), mirrored to 1 - y for x >= 0.
