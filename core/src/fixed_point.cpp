@@ -183,10 +183,12 @@ std::int32_t requantize(std::int64_t acc, const RequantParams& p) {
       return clamp_code(static_cast<std::int64_t>(round_half_even(clamped)) + p.zero_point);
     }
     case RequantMethod::kDoubleRha: {
-      // static_cast<int32_t>(round((double)acc * scale)): saturate where that cast is undefined.
-      const double scaled =
-          std::clamp(round_half_away(static_cast<double>(acc) * p.scale), -2147483648.0, 2147483647.0);
-      return clamp_code(static_cast<std::int64_t>(scaled) + p.zero_point);
+      // static_cast<int32_t>(round((double)acc * scale)). Where that cast is out of range, x86's
+      // cvttsd2si gives INT32_MIN (the "integer indefinite"), and LiteRT's kernel clamps that to
+      // the bottom code: measured (an int16x8 FC whose output scale is subnormal gives -32768
+      // for a huge positive product), tests/python/test_int16x8.py.
+      return clamp_code(std::int64_t{truncate_to_int32_x86(round_half_away(static_cast<double>(acc) * p.scale))} +
+                        p.zero_point);
     }
   }
   return 0;

@@ -252,6 +252,9 @@ enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGe
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
 // the blocked GEMM, which sums each output sequentially over depth (for depth below its k block).
 EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
+  // 1 x 1 outputs are an inner product, which Eigen evaluates as a redux (measured:
+  // test_convert.py's float16 and dynamic-range models ending in Dense(1)).
+  if (cols == 1 && out == 1) return EigenSum::kRedux;
   if (cols == 1 || out == 1) return EigenSum::kGemv;
   if (out + depth + cols < 20) return EigenSum::kRedux;
   return EigenSum::kSequential;

@@ -29,13 +29,6 @@ std::int64_t finish_sum(std::int64_t sum, const Bias* bias, std::size_t channel)
   return static_cast<std::int64_t>(total);
 }
 
-// x86's float/double -> int32 conversion (cvtt*2si, cvtps2dq): INT32_MIN when out of range or NaN.
-template <class F>
-std::int32_t to_int32_x86(F rounded) {
-  if (!(rounded >= F(-2147483648.0) && rounded < F(2147483648.0))) return std::numeric_limits<std::int32_t>::min();
-  return static_cast<std::int32_t>(rounded);
-}
-
 std::int16_t clamp_int16(std::int64_t v) {
   return static_cast<std::int16_t>(std::clamp<std::int64_t>(v, -32768, 32767));
 }
@@ -328,10 +321,10 @@ void quantize_int16(QuantizeRule rule, const float* x, std::size_t n, float scal
   };
   const std::size_t blocked = rule == QuantizeRule::kNeonBlocks ? n - n % 8 : 0;
   const auto inverse = static_cast<float>(1.0 / static_cast<double>(scale));
-  for (std::size_t i = 0; i < blocked; ++i) store(i, to_int32_x86(round_half_even(x[i] * inverse)));
+  for (std::size_t i = 0; i < blocked; ++i) store(i, truncate_to_int32_x86(round_half_even(x[i] * inverse)));
   for (std::size_t i = blocked; i < n; ++i) {
-    if (rule == QuantizeRule::kReference) store(i, to_int32_x86(round_half_away(x[i] / scale)));
-    else store(i, to_int32_x86(round_half_away(static_cast<double>(x[i]) / static_cast<double>(scale))));
+    if (rule == QuantizeRule::kReference) store(i, truncate_to_int32_x86(round_half_away(x[i] / scale)));
+    else store(i, truncate_to_int32_x86(round_half_away(static_cast<double>(x[i]) / static_cast<double>(scale))));
   }
 }
 

@@ -60,22 +60,15 @@ float downcast_symmetric_scale(double half_range) {
   return scale;
 }
 
-// static_cast<int32_t>(v) as the x86 converter wheels execute it (cvttss2si/cvttsd2si): NaN and
-// out-of-range values become INT32_MIN. Only reachable when an inverse scale overflows to inf.
-std::int32_t x86_truncate(float v) {
-  if (!(std::fabs(v) < 2147483648.0f)) return std::numeric_limits<std::int32_t>::min();
-  return static_cast<std::int32_t>(v);
-}
-
 // q = clamp(RHA(f32(w * inv)), -127, 127) in the two spellings the converter uses:
 // PortableSymmetricQuantizeFloats clamps the int32; SymmetricPerChannelQuantizeValues passes the
 // int32 through std::max<int8_t>/std::min<int8_t>, which truncates it to int8 first. The two
 // differ only for the INT32_MIN of a NaN/overflowing product.
 std::int8_t quantize_clamp_int32(float w, float inv) {
-  return static_cast<std::int8_t>(std::clamp(x86_truncate(round_half_away(w * inv)), -127, 127));
+  return static_cast<std::int8_t>(std::clamp(truncate_to_int32_x86(round_half_away(w * inv)), -127, 127));
 }
 std::int8_t quantize_clamp_int8(float w, float inv) {
-  const auto truncated = static_cast<std::int8_t>(x86_truncate(round_half_away(w * inv)));
+  const auto truncated = static_cast<std::int8_t>(truncate_to_int32_x86(round_half_away(w * inv)));
   return std::clamp(truncated, std::int8_t{-127}, std::int8_t{127});
 }
 

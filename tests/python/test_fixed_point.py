@@ -74,7 +74,8 @@ def oracle_double_rha(acc, scale, zero_point, qmin, qmax):
     num = np.array([r[0] for r in ratios], dtype=object)
     log2_den = np.array([r[1].bit_length() - 1 for r in ratios], dtype=object)
     q = np.frompyfunc(_double_rha_one, 3, 1)(objects(acc), num, log2_den)
-    q = np.clip(q, INT32_MIN, INT32_MAX)           # qdrift saturates the kernel's int32 cast
+    # The kernel's int32 cast, as x86 executes it: out of range -> INT32_MIN
+    q = np.where((q >= INT32_MIN) & (q <= INT32_MAX), q, INT32_MIN)
     return np.clip(q + zero_point, qmin, qmax)
 
 

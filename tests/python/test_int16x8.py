@@ -335,3 +335,22 @@ def test_dilated_conv_data_movement_int16_and_int8(rng):
             names = [op.name for op in qd.from_tflite(flatbuffer).ops]
             assert "SPACE_TO_BATCH_ND" in names and "BATCH_TO_SPACE_ND" in names
             outputs_on_every_path(flatbuffer, rng.normal(size=(2, 9, 8, 3)).astype(np.float32))
+
+
+def test_out_of_range_requantization_gives_the_bottom_code():
+    """A Dense whose output never left 0 in calibration gets a subnormal int16 output scale
+    (FLT_MIN / 32767: the calibrator's max starts at FLT_MIN, the old quantizer has no zero-range
+    guard), so at run time acc * M is far beyond int32. LiteRT's cast gives INT32_MIN there (x86's
+    integer indefinite), clamped to -32768 -- for a positive product too; saturating would give
+    +32767. Measured on every path; qdrift's double_rha requantization does the same."""
+    for sign in (1.0, -1.0):
+        km = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+        km.set_weights([np.array([[sign], [0.0]], np.float32)])
+        cal = np.stack([np.zeros(8), np.linspace(-1, 1, 8)], 1).astype(np.float32)   # output always 0
+        flatbuffer = convert_int16x8(km, cal)
+        tm = qd.from_tflite(flatbuffer)
+        x = np.array([[1.0, 0.0]], np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert expected.ravel()[0] == np.float32(-32768 * np.float32(tm.tensors[2].scale[0])), expected
+            assert np.array_equal(tm.run(x, kernels=kernels), expected), (sign, kernels)

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <string_view>
 
@@ -52,6 +53,15 @@ inline T round_half_away(T v) {
   const T f = round_floor(a);
   const T r = (a - f) >= T(0.5) ? f + T(1) : f;   // a - f is exact: same binade or f == 0
   return std::copysign(r, v);
+}
+
+// static_cast<int32_t>(v) as x86 executes it (cvttss2si / cvttsd2si): NaN and out-of-range
+// values become INT32_MIN, the "integer indefinite". LiteRT's kernels (and the converter) rely on
+// this where the C++ cast is undefined; every emulation of such a cast goes through here.
+template <class F>
+inline std::int32_t truncate_to_int32_x86(F v) {
+  if (!(v >= F(-2147483648.0) && v < F(2147483648.0))) return std::numeric_limits<std::int32_t>::min();
+  return static_cast<std::int32_t>(v);
 }
 
 // Ties toward +inf: floor(v) + (v - floor(v) >= 1/2), with the difference computed exactly
