@@ -246,15 +246,18 @@ namespace {
 
 // The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
 // output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
-enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf };
+enum class EigenSum : std::uint8_t {
+  kSequential, kGemv, kRedux, kRedux8, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
+};
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
 // the blocked GEMM, which sums each output sequentially over depth (for depth below its k block).
 EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
-  // 1 x 1 outputs are an inner product, which Eigen evaluates as a redux (measured:
-  // test_convert.py's float16 and dynamic-range models ending in Dense(1)).
-  if (cols == 1 && out == 1) return EigenSum::kRedux;
+  // A 1 x 1 output is an inner product, which the wheel evaluates as a redux over 8-float
+  // packets (measured on Dense(1) heads of depth 20 and 45: neither the 4-lane GEMV nor the
+  // 4-lane redux matches both; test_convert.py's float16 and dynamic-range models).
+  if (cols == 1 && out == 1) return EigenSum::kRedux8;
   if (cols == 1 || out == 1) return EigenSum::kGemv;
   if (out + depth + cols < 20) return EigenSum::kRedux;
   return EigenSum::kSequential;
@@ -298,6 +301,35 @@ float gebp_swapped_avx_dot(const float* x, const float* w, std::size_t depth) {
   return t;
 }
 
+// Eigen's redux of x * w over packets of 8: two packet accumulators over pairs of packets, one
+// more packet if left, the 8 lanes reduced pairwise ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
+// then the tail in order.
+float redux8_dot(const float* x, const float* w, std::size_t depth) {
+  constexpr std::size_t P = 8;
+  const std::size_t end = depth / P * P, end2 = depth / (2 * P) * (2 * P);
+  if (end == 0) {
+    float t = depth ? x[0] * w[0] : 0.0f;
+    for (std::size_t i = 1; i < depth; ++i) t += x[i] * w[i];
+    return t;
+  }
+  float r0[P], r1[P];
+  for (std::size_t l = 0; l < P; ++l) r0[l] = x[l] * w[l];
+  if (end > P) {
+    for (std::size_t l = 0; l < P; ++l) r1[l] = x[P + l] * w[P + l];
+    for (std::size_t i = 2 * P; i < end2; i += 2 * P)
+      for (std::size_t l = 0; l < P; ++l) {
+        r0[l] += x[i + l] * w[i + l];
+        r1[l] += x[i + P + l] * w[i + P + l];
+      }
+    for (std::size_t l = 0; l < P; ++l) r0[l] += r1[l];
+    if (end > end2)
+      for (std::size_t l = 0; l < P; ++l) r0[l] += x[end2 + l] * w[end2 + l];
+  }
+  float t = ((r0[0] + r0[4]) + (r0[2] + r0[6])) + ((r0[1] + r0[5]) + (r0[3] + r0[7]));
+  for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
+  return t;
+}
+
 // One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
 float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth, bool avx) {
   if (order == EigenSum::kGebpSwappedAvx) return gebp_swapped_avx_dot(x, w, depth);
@@ -308,6 +340,7 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
     for (std::size_t i = end4; i < depth; ++i) t += x[i] * w[i];
     return t;
   }
+  if (order == EigenSum::kRedux8) return redux8_dot(x, w, depth);
   if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
     const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
     const std::size_t end = order == EigenSum::kGebpPairs ? depth / 8 * 8 : depth / 4 * 4;

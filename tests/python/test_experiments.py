@@ -491,10 +491,12 @@ def test_canonical_tflite_points_are_qd_convert_on_each_kernel_path(name):
     model = experiments.build_model(c["model"], c["seed"])
     x, x_cal = experiments.make_data(c["data"], model.input_shape)
     y = np.float64(model(x))
-    tm = qd.convert(model, profile="tflite_int8", calibration=x_cal)
+    profiles = [q["profile"] for q in df["/quant"]]
+    assert {"tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16"} <= set(profiles)
     for _, row in df.iterrows():
-        if row["/quant"]["profile"] != "tflite_int8":
+        if row["/quant"]["profile"] == "fake":
             continue
+        tm = qd.convert(model, profile=row["/quant"]["profile"], calibration=x_cal)
         err = np.float64(tm.run(x, kernels=row["/quant"]["kernels"])) - y
         # rtol: the C++ metric kernels sum in another order than NumPy (exact for these 1..36 elements
         # in practice; the bound is what the summation order allows).
