@@ -74,7 +74,9 @@ KernelPath parse_kernel_path(std::string_view name) {
   if (name == "reference") return KernelPath::kReference;
   if (name == "builtin") return KernelPath::kBuiltin;
   if (name == "xnnpack") return KernelPath::kXnnpack;
-  throw ConfigError("kernels: unknown path '" + std::string(name) + "'; expected one of reference, builtin, xnnpack");
+  if (name == "tf_builtin") return KernelPath::kTfBuiltin;
+  throw ConfigError("kernels: unknown path '" + std::string(name) +
+                    "'; expected one of reference, builtin, xnnpack, tf_builtin");
 }
 
 void quantize_row_symmetric_tflite(const float* x, std::size_t n, std::int8_t* q, float* scale) {
@@ -244,7 +246,9 @@ namespace {
 
 // The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
 // output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
-enum class EigenSum : std::uint8_t { kSequential, kGemv, kRedux, kRedux8, kGebpPairs, kGebpSwapped };
+enum class EigenSum : std::uint8_t {
+  kSequential, kGemv, kRedux, kRedux8, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
+};
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
@@ -264,9 +268,37 @@ EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
 // whole groups of 4 sum sequentially; rows of the last 4-row tile alternate two accumulators over
 // whole 8-steps of depth; the leftover rows (out mod 4) run a "swapped" kernel with 4
 // accumulators (depth mod 4), merged as (c0 + c1) + (c2 + c3).
-EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols) {
-  if (col >= cols / 4 * 4 || row < out / 8 * 8) return EigenSum::kSequential;
-  return row < out / 4 * 4 ? EigenSum::kGebpPairs : EigenSum::kGebpSwapped;
+// With AVX (8-float packets) the sequential tiles are 16 rows, the 8-row tile and the 4-row
+// half-packet tile after them alternate two accumulators, and the leftover rows run the swapped
+// kernel in its AVX form (kGebpSwappedAvx).
+EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols, bool avx) {
+  if (col >= cols / 4 * 4 || row < out / (avx ? 16 : 8) * (avx ? 16 : 8)) return EigenSum::kSequential;
+  if (row < out / 4 * 4) return EigenSum::kGebpPairs;
+  return avx ? EigenSum::kGebpSwappedAvx : EigenSum::kGebpSwapped;
+}
+
+// With AVX, Eigen's row-major matrix-vector product runs rows in blocks of 8, 4 and 2 (whole
+// packets of 8 only); the one row left when there is an odd number of them also takes a half
+// packet of 4 (kGemvHalf). The product's rows are the outputs, or the columns when out == 1
+// (a row vector times a matrix runs transposed).
+EigenSum tf_gemv_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols) {
+  const std::size_t rows = cols == 1 ? out : cols, r = cols == 1 ? row : col;
+  return rows % 2 == 1 && r == rows - 1 ? EigenSum::kGemvHalf : EigenSum::kGemv;
+}
+
+// The AVX swapped kernel: a packet holds 2 depth steps x 4 columns, so each output has 4
+// accumulators of 2 lanes (k = 8t + 2m + p), merged as (c0 + c1) + (c2 + c3); whole pairs of
+// steps after the last 8 go into that sum, the two lanes are added, then the odd last step.
+float gebp_swapped_avx_dot(const float* x, const float* w, std::size_t depth) {
+  float acc[4][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}, {0.0f, 0.0f}, {0.0f, 0.0f}};
+  const std::size_t end8 = depth / 8 * 8, end2 = depth / 2 * 2;
+  for (std::size_t i = 0; i < end8; ++i) acc[i % 8 / 2][i % 2] += x[i] * w[i];
+  float s[2];
+  for (std::size_t p = 0; p < 2; ++p) s[p] = (acc[0][p] + acc[1][p]) + (acc[2][p] + acc[3][p]);
+  for (std::size_t i = end8; i < end2; ++i) s[i % 2] += x[i] * w[i];
+  float t = s[0] + s[1];
+  if (end2 < depth) t += x[end2] * w[end2];
+  return t;
 }
 
 // Eigen's redux of x * w over packets of 8: two packet accumulators over pairs of packets, one
@@ -299,7 +331,15 @@ float redux8_dot(const float* x, const float* w, std::size_t depth) {
 }
 
 // One output: x . w over `depth` in the chosen order (no FMA: the wheel's Eigen is built without it).
-float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth) {
+float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth, bool avx) {
+  if (order == EigenSum::kGebpSwappedAvx) return gebp_swapped_avx_dot(x, w, depth);
+  if (order == EigenSum::kGemvHalf) {   // whole packets of 8, then one of 4, then the rest
+    const std::size_t end8 = depth / 8 * 8, end4 = depth / 4 * 4;
+    float t = end8 > 0 ? eigen_dot(EigenSum::kGemv, x, w, end8, true) : 0.0f;
+    if (end4 > end8) t += eigen_dot(EigenSum::kGemv, x + end8, w + end8, 4, false);
+    for (std::size_t i = end4; i < depth; ++i) t += x[i] * w[i];
+    return t;
+  }
   if (order == EigenSum::kRedux8) return redux8_dot(x, w, depth);
   if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
     const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
@@ -310,7 +350,8 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
     for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
     return t;
   }
-  if (order == EigenSum::kSequential || depth < 4) {
+  const std::size_t P = avx ? 8 : 4;   // floats per packet
+  if (order == EigenSum::kSequential || depth < P) {
     float t = 0.0f;
     if (order == EigenSum::kRedux && depth > 0) {   // redux starts from the first product, not 0
       t = x[0] * w[0];
@@ -320,26 +361,28 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
     for (std::size_t i = 0; i < depth; ++i) t += x[i] * w[i];
     return t;
   }
-  float lane[4], lane1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  const std::size_t end = depth / 4 * 4;
-  for (std::size_t l = 0; l < 4; ++l) lane[l] = order == EigenSum::kGemv ? 0.0f + x[l] * w[l] : x[l] * w[l];
+  float lane[8], lane1[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const std::size_t end = depth / P * P;
+  for (std::size_t l = 0; l < P; ++l) lane[l] = order == EigenSum::kGemv ? 0.0f + x[l] * w[l] : x[l] * w[l];
   if (order == EigenSum::kGemv) {   // one accumulator per row: c += x * w packet by packet
-    for (std::size_t i = 4; i < end; i += 4)
-      for (std::size_t l = 0; l < 4; ++l) lane[l] += x[i + l] * w[i + l];
+    for (std::size_t i = P; i < end; i += P)
+      for (std::size_t l = 0; l < P; ++l) lane[l] += x[i + l] * w[i + l];
   } else {                          // redux: two accumulators over pairs of packets, then merged
-    const std::size_t end2 = depth / 8 * 8;
-    if (end > 4) {
-      for (std::size_t l = 0; l < 4; ++l) lane1[l] = x[4 + l] * w[4 + l];
-      for (std::size_t i = 8; i < end2; i += 8)
-        for (std::size_t l = 0; l < 4; ++l) {
+    const std::size_t end2 = depth / (2 * P) * (2 * P);
+    if (end > P) {
+      for (std::size_t l = 0; l < P; ++l) lane1[l] = x[P + l] * w[P + l];
+      for (std::size_t i = 2 * P; i < end2; i += 2 * P)
+        for (std::size_t l = 0; l < P; ++l) {
           lane[l] += x[i + l] * w[i + l];
-          lane1[l] += x[i + 4 + l] * w[i + 4 + l];
+          lane1[l] += x[i + P + l] * w[i + P + l];
         }
-      for (std::size_t l = 0; l < 4; ++l) lane[l] += lane1[l];
+      for (std::size_t l = 0; l < P; ++l) lane[l] += lane1[l];
       if (end > end2)
-        for (std::size_t l = 0; l < 4; ++l) lane[l] += x[end2 + l] * w[end2 + l];
+        for (std::size_t l = 0; l < P; ++l) lane[l] += x[end2 + l] * w[end2 + l];
     }
   }
+  if (avx)   // AVX predux: the two halves added lane by lane, then the SSE predux
+    for (std::size_t l = 0; l < 4; ++l) lane[l] += lane[l + 4];
   float t = (lane[0] + lane[2]) + (lane[1] + lane[3]);   // SSE predux: (a0 + a2) + (a1 + a3)
   for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
   return t;
@@ -356,9 +399,11 @@ void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
       const float* wr = filter + o * in;
       const float bo = bias ? bias[o] : 0.0f;
       float v = 0.0f;
-      if (path == KernelPath::kBuiltin) {
-        const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch) : order;
-        v = eigen_dot(o_order, xr, wr, in) + bo;
+      if (path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin) {
+        const bool avx = path == KernelPath::kTfBuiltin;
+        EigenSum o_order = order == EigenSum::kSequential ? gebp_order(o, b, out, batch, avx) : order;
+        if (avx && order == EigenSum::kGemv) o_order = tf_gemv_order(o, b, out, batch);
+        v = eigen_dot(o_order, xr, wr, in, avx) + bo;
       } else if (path == KernelPath::kXnnpack) {
         v = bo;
         for (std::size_t i = 0; i < in; ++i) v = std::fma(xr[i], wr[i], v);
@@ -374,8 +419,8 @@ namespace {
 
 // The builtin conv: each output pixel's patch (ky, kx, c; padding as zeros) is a column of the
 // im2col matrix, multiplied by the filter rows (O, KH*KW*C) in the builtin GEMM's order.
-void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, float lo,
-                       float hi, float* y) {
+void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, bool avx,
+                       float lo, float hi, float* y) {
   const std::size_t depth = g.kh * g.kw * g.c, pixels = g.n * g.oh * g.ow;
   const EigenSum order = eigen_sum_order(g.o, depth, pixels);
   std::vector<float> rows(g.o * depth), patch(depth);
@@ -400,8 +445,9 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
         const std::size_t col = (n * g.oh + oy) * g.ow + ox;
         float* out = y + col * g.o;
         for (std::size_t oc = 0; oc < g.o; ++oc) {
-          const EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels) : order;
-          out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth) + (bias ? bias[oc] : 0.0f),
+          EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels, avx) : order;
+          if (avx && order == EigenSum::kGemv) o_order = tf_gemv_order(oc, col, g.o, pixels);
+          out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth, avx) + (bias ? bias[oc] : 0.0f),
                            lo, hi);
         }
       }
@@ -411,12 +457,13 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
 
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
                 bool depthwise, float lo, float hi, float* y) {
-  if (path == KernelPath::kBuiltin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
-    conv2d_f32_im2col(g, x, filter, bias, lo, hi, y);
+  const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
+  if (builtin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
+    conv2d_f32_im2col(g, x, filter, bias, path == KernelPath::kTfBuiltin, lo, hi, y);
     return;
   }
   const bool fused = path == KernelPath::kXnnpack;
-  const bool from_bias = fused || (path == KernelPath::kBuiltin && depthwise);
+  const bool from_bias = fused || (builtin && depthwise);
   // XNNPACK's depthwise kernels (one input and one output channel per group; a depth multiplier
   // above 1 runs as a grouped GEMM instead) walk the taps column by column (kx outer, ky inner).
   const bool columns_first = fused && g.cg() == 1 && g.og() == 1;
@@ -483,9 +530,11 @@ void logistic_f32(const float* x, std::size_t n, float* y) {
     y[i] = x[i] > upper ? 1.0f : x[i] < lower ? std::exp(x[i]) : 1.0f / (1.0f + std::exp(-x[i]));
 }
 
-void logistic_eigen_f32(const float* x, std::size_t n, float* y) {
+namespace {
+
+// packets_end: where the scalar std::exp tail starts.
+void logistic_eigen_packets(const float* x, std::size_t n, std::size_t packets_end, float* y) {
   const float hi = 16.6355324f, lo = -104.0f;
-  const std::size_t packets_end = n / 4 * 4;
   for (std::size_t i = 0; i < n; ++i) {
     const float v = std::min(x[i], hi);
     if (i >= packets_end) {   // the scalar tail
@@ -508,6 +557,12 @@ void logistic_eigen_f32(const float* x, std::size_t n, float* y) {
     y[i] = x[i] < lo ? 0.0f : e / (1.0f + e);
   }
 }
+
+}  // namespace
+
+void logistic_eigen_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, n / 4 * 4, y); }
+
+void logistic_eigen_tf_f32(const float* x, std::size_t n, float* y) { logistic_eigen_packets(x, n, n, y); }
 
 void logistic_xnnpack_f32(const float* x, std::size_t n, float* y) {
   static const float table[32] = {   // 2^(k/32), k = 0..31, as XNNPACK stores them

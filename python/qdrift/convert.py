@@ -25,12 +25,14 @@ reading the files (tests/python/test_convert.py checks every one against the rea
   - int8 (MLIR quantizer): a bias that would exceed INT32_MAX / 2 enlarges that channel's weight
     scale (SetBiasParamsWithAdjustments); int16x8 (old quantizer): AdjustWeightsForBiasScale,
     and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
-Calibration runs the float graph with qdrift's float ops and keeps each tensor's global
-min/max, starting from (FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every
-ADD by ADD's output (LiteRT runs ADD in place and the calibrator logs inputs after the op). The
-calibrator runs the TensorFlow wheel's builtin optimized float kernels (not LiteRT's, not
-XNNPACK), whose summation order and tanh differ from qdrift's in the last bits, so a scale from
-qdrift's min/max can differ from the file's (about 1 activation tensor in 6 on random models);
+Calibration runs the float graph one sample at a time (as the calibrator does: the batch size
+picks Eigen's summation order) through tflite_float's "tf_builtin" kernels, the tensorflow
+wheel's builtin optimized float kernels that the calibrator runs (not LiteRT's: the wheel's Eigen
+has AVX packets; see hybrid.h), keeps each tensor's global min/max, starting from
+(FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every ADD by ADD's output
+(LiteRT runs ADD in place and the calibrator logs inputs after the op). Not reproduced: a
+FULLY_CONNECTED with one output unit (Eigen's dot product, whose AVX order is unknown) and which
+ADD input the arena shares on some unrolled RNNs, so a scale can still differ from the file's;
 pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ import numpy as np
 
 from . import _core, tflite
 from . import layers as L
+from .tflite_float import FLOAT_ACTIVATIONS, activation_function
 from .tflite_model import Op, Tensor, TFLiteModel
 
 PROFILES = ("tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16")
@@ -256,22 +259,31 @@ def _lower_rnn(g, layer, x):
 
 
 # ---- the float run (calibration) ----------------------------------------------------------------
-def _run_float(g, x):
+def _run_float(g, x, kernels="tf_builtin"):
+    """Every tensor of the float graph on input `x`, with the float kernels of path `kernels`
+    (tflite_float's: the calibrator's are "tf_builtin")."""
     values = {"input": np.ascontiguousarray(x, f32)}
     for n in g.nodes:
         v = [values[i] for i in n.inputs]
+        if n.op in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"):
+            lo, hi = FLOAT_ACTIVATIONS[n.options["activation"]]
+            bias = None if n.bias is None else np.ascontiguousarray(n.bias, f32)
         if n.op == "FULLY_CONNECTED":
-            act = {0: "linear", 1: "relu", 3: "relu6"}[n.options["activation"]]
-            y = _core.dense(np.ascontiguousarray(v[0].reshape(v[0].shape[0], -1)), n.kernel, n.bias, activation=act)
+            x2 = np.ascontiguousarray(v[0].reshape(v[0].shape[0], -1))
+            w = np.ascontiguousarray(np.asarray(n.kernel, f32).T)     # (in, out) -> TFLite's (out, in)
+            y = _core.fully_connected_f32(x2, w, bias, kernels=kernels, lo=lo, hi=hi)
         elif n.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             layer = n.geometry
-            act = {0: "linear", 1: "relu", 3: "relu6"}[n.options["activation"]]
-            fn = _core.conv2d if n.op == "CONV_2D" else _core.depthwise_conv2d
-            extra = dict(groups=layer.groups) if n.op == "CONV_2D" else {}
-            y = fn(v[0], n.kernel, n.bias, strides=layer.strides, padding=layer.padding,
-                   dilation=layer.dilation_rate, activation=act, **extra)
+            depthwise = n.op == "DEPTHWISE_CONV_2D"
+            k = np.asarray(n.kernel, f32)
+            if depthwise:                                             # (KH, KW, C, M) -> (KH, KW, 1, C*M)
+                k = k.reshape(k.shape[0], k.shape[1], 1, -1)
+            y = _core.conv2d_f32(np.ascontiguousarray(v[0]), np.ascontiguousarray(k), bias, kernels=kernels,
+                                 depthwise=depthwise, strides=tuple(layer.strides), padding=layer.padding,
+                                 dilation=tuple(layer.dilation_rate),
+                                 groups=v[0].shape[3] if depthwise else layer.groups, lo=lo, hi=hi)
         elif n.op in ("TANH", "LOGISTIC"):
-            y = _core.activation(np.ascontiguousarray(v[0]), "tanh" if n.op == "TANH" else "sigmoid")
+            y = _core.activation_f32(np.ascontiguousarray(v[0]), activation_function(n.op, kernels))
         elif n.op == "ADD":
             y = (v[0] + v[1]).astype(f32)
         elif n.op == "RESHAPE":
@@ -290,12 +302,13 @@ def _run_float(g, x):
     return values
 
 
-def calibrate(g, calibration, batch_size=256):
-    """Global (min, max) of every float tensor over the calibration data, as float32."""
+def calibrate(g, calibration):
+    """Global (min, max) of every float tensor over the calibration data, as float32. Like the
+    converter's calibrator, one sample at a time (the batch size picks Eigen's summation order)."""
     calibration = np.ascontiguousarray(calibration, f32)
     ranges = {}
-    for i in range(0, len(calibration), batch_size):
-        for name, v in _run_float(g, calibration[i:i + batch_size]).items():
+    for i in range(len(calibration)):
+        for name, v in _run_float(g, calibration[i:i + 1]).items():
             lo, hi = f32(v.min()), f32(v.max())
             # The calibrator starts from min = FLT_MAX and max = FLT_MIN (the smallest positive
             # normal float), so an all-negative tensor's max is FLT_MIN.
@@ -548,7 +561,7 @@ def _float_weights(g, profile):
     return TFLiteModel(b.tensors, b.ops, [ids["input"]], [ids[g.last]])
 
 
-def convert(model, profile="tflite_int8", calibration=None, ranges=None, inference_io="float", batch_size=256):
+def convert(model, profile="tflite_int8", calibration=None, ranges=None, inference_io="float"):
     """The TFLiteModel the TFLite converter writes for `model` (a qd.Sequential or a Keras model).
 
     profile:      tflite_int8 (full integer, int8 activations) | tflite_dynamic (int8 weights of
@@ -570,7 +583,7 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
         return _float_weights(g, profile)
     if profile == "tflite_int16x8" and inference_io != "float":
         raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
-    found = {} if calibration is None else calibrate(g, calibration, batch_size)
+    found = {} if calibration is None else calibrate(g, calibration)
     found.update({k: (f32(v[0]), f32(v[1])) for k, v in (ranges or {}).items()})
     missing = [n for n in g.shapes if n not in found]
     if missing:

@@ -20,6 +20,15 @@ SUPPORTED_OPS = tuple(dict.fromkeys(_SHAPE_OPS + _FLOAT_OPS))
 _INTEGER_DTYPES = (np.int8, np.int16, np.uint8)
 
 
+def activation_function(op, kernels):
+    """activation_f32's name for float TANH / LOGISTIC on path `kernels`. The tensorflow wheel's
+    builtin ("tf_builtin") has the same TANH as LiteRT's, and LOGISTIC without a scalar tail."""
+    suffix = {"reference": "", "builtin": "_eigen", "xnnpack": "_xnnpack", "tf_builtin": "_eigen"}[kernels]
+    if op == "LOGISTIC" and kernels == "tf_builtin":
+        suffix = "_eigen_tf"
+    return op.lower() + suffix
+
+
 def handles(tensors, op) -> bool:
     """True when this module runs `op`: anything whose first input is not an int8/int16
     activation, and SHAPE of any tensor (its value is only the shape)."""
@@ -143,8 +152,7 @@ def _single(model, op, get, out, kernels):
     if name in ("TANH", "LOGISTIC"):
         # Each path's own approximation: std:: functions (reference), Eigen's (builtin; packets
         # of 4 over the flattened tensor, a scalar tail), XNNPACK's.
-        function = name.lower() + {"reference": "", "builtin": "_eigen", "xnnpack": "_xnnpack"}[kernels]
-        return _core.activation_f32(np.ascontiguousarray(get(0), np.float32), function)
+        return _core.activation_f32(np.ascontiguousarray(get(0), np.float32), activation_function(name, kernels))
     return _linear(model, op, get, out, kernels)
 
 

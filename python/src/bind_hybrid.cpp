@@ -180,12 +180,13 @@ void bind_hybrid(py::module_& m) {
                                                     {"tanh_xnnpack", qdrift::tanh_xnnpack_f32},
                                                     {"logistic", qdrift::logistic_f32},
                                                     {"logistic_eigen", qdrift::logistic_eigen_f32},
-                                                    {"logistic_xnnpack", qdrift::logistic_xnnpack_f32}};
+                                                    {"logistic_xnnpack", qdrift::logistic_xnnpack_f32},
+                                                    {"logistic_eigen_tf", qdrift::logistic_eigen_tf_f32}};
         Fn f = nullptr;
         for (const auto& [name, fn] : table)
           if (function == name) f = fn;
         QDRIFT_CHECK(f != nullptr, qdrift::ConfigError, "activation_f32: function must be tanh, tanh_eigen, "
-                     "tanh_xnnpack, logistic, logistic_eigen or logistic_xnnpack, got '", function, "'");
+                     "tanh_xnnpack, logistic, logistic_eigen, logistic_xnnpack or logistic_eigen_tf, got '", function, "'");
         auto y = array_out<float>(xi.shape);
         f(xi.data, xi.size(), y.mutable_data());
         return y;

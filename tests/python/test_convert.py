@@ -49,8 +49,9 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
                 continue
             assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
             assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
-        # qdrift's own calibration: its float kernels sum in another order than TensorFlow's
-        # optimized float kernels, so a range can differ in the last bits. Require that every
+        # qdrift's own calibration runs the tensorflow wheel's builtin float kernels ("tf_builtin",
+        # test_tf_builtin.py), except a FULLY_CONNECTED with one output unit (Eigen's AVX dot
+        # product, not reproduced), whose sum can differ in the last bits. Require that every
         # difference is such a rounding difference: within 1e-5 of the range width (float32
         # accumulation over at most a few hundred terms), never a different rule.
         ours_cal = calibrated_ranges(calibrated, by_qdrift)   # same alignment, qdrift's values below
@@ -75,6 +76,9 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
     print(f"qdrift-calibrated activation params equal to the converter's: {same_params}/{tensors}; "
           f"XNNPACK could not prepare {xnnpack_failures} files")
     assert xnnpack_failures <= MODELS // 10
+    # Measured 747/762 over 100 models (627 before tf_builtin); the rest are one-unit dense layers
+    # (and what follows them) and the ADD inputs above. 95% leaves room for other seeds.
+    assert same_params >= 0.95 * tensors, (same_params, tensors)
 
 
 def _preserved(flatbuffer, x):

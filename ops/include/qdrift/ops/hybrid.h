@@ -37,8 +37,13 @@ void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* 
 void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* scale, std::int32_t* zero_point);
 
 // ---- Hybrid kernels ---------------------------------------------------------------------------
-enum class KernelPath : std::uint8_t { kReference, kBuiltin, kXnnpack };
-KernelPath parse_kernel_path(std::string_view name);   // "reference" | "builtin" | "xnnpack"
+// kTfBuiltin: the builtin kernels as the tensorflow wheel builds them (its TFLite calibrator runs
+// these): Eigen with AVX (8-float packets), still without FMA. Only the float matrix-vector
+// product, the blocked GEMM's tiles and LOGISTIC differ from kBuiltin (measured); DEPTHWISE
+// and TANH are LiteRT's builtin ones.
+enum class KernelPath : std::uint8_t { kReference, kBuiltin, kXnnpack, kTfBuiltin };
+// "reference" | "builtin" | "xnnpack" | "tf_builtin"
+KernelPath parse_kernel_path(std::string_view name);
 
 // y = clamp(bias + x W^T, lo, hi); x (batch, in) float, filter (out, in) int8 with filter_scale
 // per output channel (n_scales == out) or shared (n_scales == 1); bias (out) or null.
@@ -68,6 +73,12 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   output's micro-tile (sequential; two alternating accumulators; four "swapped" ones; see
 //   gebp_order in hybrid.cpp). Then + bias. Measured bit-exact for FULLY_CONNECTED and CONV_2D
 //   (im2col + GEMM) for depths below Eigen's k block.
+// tf_builtin: as builtin, but the matrix-vector product sums 8 lanes (i mod 8) over whole
+//   packets of 8, reduces them as l_k + l_{k+4} then (b0 + b2) + (b1 + b3), and adds the rest
+//   (depth mod 8) sequentially: no half packets. Measured bit-exact against tf.lite.Interpreter
+//   (BUILTIN_WITHOUT_DEFAULT_DELEGATES) for batch-1 FULLY_CONNECTED. The blocked GEMM's AVX
+//   micro-tile orders are NOT reproduced (the SSE ones run): CONV_2D over more than one output
+//   pixel can differ in the last bits.
 // xnnpack: fused multiply-adds starting from the bias; taps in the reference order, except
 //   depthwise with one output per input channel (XNNPACK's dwconv), which walks kx outer, ky inner.
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
@@ -93,6 +104,9 @@ void logistic_f32(const float* x, std::size_t n, float* y);
 // compute exp(x/2) by a Cephes-style range reduction and a degree-5 polynomial, square it, and
 // return e / (1 + e) (0 below -104, x capped at 16.6355324); the n mod 4 tail uses std::exp.
 void logistic_eigen_f32(const float* x, std::size_t n, float* y);
+// The tensorflow wheel's builtin LOGISTIC: the packet formula above for every element, no scalar
+// tail (measured against tf.lite.Interpreter for n = 1..37).
+void logistic_eigen_tf_f32(const float* x, std::size_t n, float* y);
 // XNNPACK's float sigmoid on AVX-512 (f32-vsigmoid rr2_lut32_p2_perm2_scalef_div): e = exp(-|x|)
 // from a 32-entry table of 2^(k/32), a two-step ln2 range reduction and a degree-2 polynomial, all
 // with FMA; y = e / (1 + e), mirrored to 1 - y for x >= 0.

@@ -1,0 +1,64 @@
+"""The "tf_builtin" float kernels (the tensorflow wheel's builtin TFLite kernels, which its
+converter's calibrator runs) against tf.lite.Interpreter with BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+bit for bit, on random FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D / TANH / LOGISTIC."""
+import numpy as np
+import tensorflow as tf
+
+from qdrift import _core
+
+keras = tf.keras
+f32 = np.float32
+
+
+def _tf_run(km, x, fb=None):
+    fb = fb or tf.lite.TFLiteConverter.from_keras_model(km).convert()
+    it = tf.lite.Interpreter(model_content=fb, experimental_op_resolver_type=(
+        tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def _random_weights(rng, km):
+    km.set_weights([rng.normal(size=w.shape).astype(f32) for w in km.get_weights()])
+    return km.get_weights()
+
+
+def test_fully_connected_equals_the_tf_wheel(rng):
+    # units >= 2: a single output unit runs Eigen's dot product, whose AVX order is not reproduced.
+    for depth, units in [(5, 5), (31, 7), (36, 3), (12, 6), (64, 13), (3, 2)]:
+        km = keras.Sequential([keras.Input((depth,)), keras.layers.Dense(units)])
+        w, b = _random_weights(rng, km)
+        fb = tf.lite.TFLiteConverter.from_keras_model(km).convert()
+        for batch in (1, 1, 2, 3, 5):
+            x = rng.normal(size=(batch, depth)).astype(f32)
+            ours = _core.fully_connected_f32(x, np.ascontiguousarray(w.T), b, kernels="tf_builtin")
+            assert np.array_equal(ours, _tf_run(km, x, fb)), (depth, units, batch)
+
+
+def test_conv_and_depthwise_equal_the_tf_wheel(rng):
+    cases = [(3, 4, 6, 3, "valid"), (4, 1, 2, 2, "valid"), (6, 3, 5, 3, "valid"), (6, 3, 8, 3, "same"),
+             (5, 7, 6, 1, "valid"), (8, 4, 12, 3, "same"), (8, 4, 9, 2, "valid")]
+    for h, c, o, k, padding in cases:
+        km = keras.Sequential([keras.Input((h, h, c)), keras.layers.Conv2D(o, k, padding=padding)])
+        w, b = _random_weights(rng, km)
+        x = rng.normal(size=(1, h, h, c)).astype(f32)
+        ours = _core.conv2d_f32(x, w, b, kernels="tf_builtin", padding=padding)
+        assert np.array_equal(ours, _tf_run(km, x)), (h, c, o, k, padding)
+    km = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same")])
+    w, b = _random_weights(rng, km)
+    x = rng.normal(size=(1, 6, 6, 3)).astype(f32)
+    ours = _core.conv2d_f32(x, w.reshape(3, 3, 1, 6), b, kernels="tf_builtin", padding="same", groups=3,
+                            depthwise=True)
+    assert np.array_equal(ours, _tf_run(km, x))
+
+
+def test_tanh_and_logistic_equal_the_tf_wheel(rng):
+    for activation, function in (("tanh", "tanh_eigen"), ("sigmoid", "logistic_eigen_tf")):
+        for n in (1, 3, 8, 37):
+            km = keras.Sequential([keras.Input((n,)), keras.layers.Activation(activation)])
+            x = (rng.normal(size=(1, n)) * 4).astype(f32)
+            assert np.array_equal(_core.activation_f32(x, function), _tf_run(km, x)), (activation, n)
