@@ -166,9 +166,13 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
     bn_alone = keras.Sequential([keras.Input((4,)), L.BatchNormalization()])
     with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
         qd.convert(bn_alone, "tflite_int8", calibration=cal[:, 0, :1].repeat(4, 1))
-    dilated = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2)])
-    with pytest.raises(qd.UnsupportedError, match="SPACE_TO_BATCH_ND"):
-        qd.convert(dilated, "tflite_int8", calibration=np.ones((1, 6, 6, 1), np.float32))
+    dilated_bn = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2), L.BatchNormalization()])
+    with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
+        qd.convert(dilated_bn, "tflite_int8", calibration=np.ones((1, 6, 6, 1), np.float32))
+    dilated_relu = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2, use_bias=False,
+                                                                     activation="relu")])
+    with pytest.raises(qd.UnsupportedError, match="separate RELU"):
+        qd.convert(dilated_relu, "tflite_fp16")
     chain = keras.Sequential([keras.Input((4,)), L.Dense(3), L.Dense(2)])
     randomize_weights(chain, rng)
     with pytest.raises(qd.UnsupportedError, match="moves that bias"):
@@ -292,3 +296,49 @@ def test_canonical_examples_other_profiles(rng, profile):
                     # 1 and 9 weights: far below the 1024-element threshold, so dynamic range
                     # leaves these layers in float and the answer is exact: no quantization at all.
                     assert np.all(expected == (3.0 if x.size == 1 else 9.0)), (km.name, expected)
+
+
+def _dilated_models(rng):
+    """Dilated convolutions as the converter lowers them (SPACE_TO_BATCH_ND, the undilated VALID
+    convolution, BATCH_TO_SPACE_ND, ADD of the bias): SAME and VALID, odd and even sizes that the
+    block does not divide, dilation on one axis only, depthwise multipliers, no bias, a fused and
+    a separate relu, tanh, and a Dense after it."""
+    specs = [((9, 9, 2), [L.Conv2D(3, 3, dilation_rate=2, padding="same")]),
+             ((9, 8, 2), [L.Conv2D(2, 3, dilation_rate=2, padding="valid", activation="relu6")]),
+             ((7, 10, 3), [L.DepthwiseConv2D(3, dilation_rate=3, padding="same", depth_multiplier=2)]),
+             ((8, 7, 1), [L.DepthwiseConv2D(2, dilation_rate=(2, 1), padding="valid", activation="tanh")]),
+             ((6, 6, 2), [L.Conv2D(2, 2, dilation_rate=(1, 3), padding="same", use_bias=False)]),
+             ((5, 9, 2), [L.Conv2D(4, 1, dilation_rate=2, padding="same"), L.ReLU()]),
+             ((9, 9, 1), [L.Conv2D(2, 3, dilation_rate=2, padding="same", use_bias=False, activation="sigmoid"),
+                          L.DepthwiseConv2D(2, dilation_rate=3, padding="valid", activation="relu"),
+                          L.Flatten(), L.Dense(3)]),
+             # int16x8: the convolutions without a bias share one zeros constant (quantized at its first reader)
+             ((9, 9, 2), [L.Conv2D(2, 3, padding="same", use_bias=False), L.Conv2D(2, 2, dilation_rate=2, padding="same"),
+                          L.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False)])]
+    for shape, layers in specs:
+        km = keras.Sequential([keras.Input(shape)] + layers)
+        randomize_weights(km, rng)
+        yield km
+
+
+@pytest.mark.parametrize("profile", ["tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
+def test_dilated_convolutions_equal_the_converter(rng, profile):
+    """The converter's graph, constants (int32 block shape, paddings, crops; the ADD's quantized
+    bias) and parameters exactly (full integer: from the calibrator's ranges), and LiteRT's
+    outputs on every kernel path, bit for bit."""
+    for km in _dilated_models(rng):
+        shape = km.input_shape[1:]
+        cal = rng.normal(size=(4,) + shape).astype(np.float32)
+        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+        theirs = qd.from_tflite(flatbuffer)
+        if calibrated is not None:
+            first = qd.convert(km, profile, calibration=cal)
+            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
+        else:
+            ours = qd.convert(km, profile)
+        compare_models(ours, theirs, (km.name, profile))
+        assert "SPACE_TO_BATCH_ND" in [op.name for op in ours.ops]
+        x = rng.normal(size=(2,) + shape).astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
