@@ -196,9 +196,17 @@ def _bias_or_none(b):
 def _lower(model):
     """The converter's float graph of a qd.Sequential."""
     g = _FloatGraph(model.input_shape)
-    for layer in _merge(model.layers):
+    merged = _merge(model.layers)
+    for i, layer in enumerate(merged):
         x, name = g.last, layer.name
         shape_in = g.shapes[x][1:]
+        after = merged[i + 1] if i + 1 < len(merged) else None
+        if _dilated(layer) and layer.activation == "linear" and _bias_or_none(layer.weights.get("bias")) is not None \
+                and layer.weights["bias"].size == 1 and isinstance(after, (L.Conv2D, L.DepthwiseConv2D)) \
+                and after.padding == "valid" and not _dilated(after):
+            raise _core.UnsupportedError(
+                f"convert: the one-channel bias ADD of dilated '{name}' is folded by the converter into the "
+                f"following VALID '{after.name}' (not reproduced)")
         if isinstance(layer, (L.Dense, L.Conv2D, L.DepthwiseConv2D)):
             if isinstance(layer, L.Dense) and len(shape_in) != 1:
                 raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(shape_in) + 1} input (the "
