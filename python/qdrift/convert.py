@@ -6,8 +6,12 @@ The converter's rules reproduced here were found by converting Keras models with
 reading the files (tests/python/test_convert.py checks every one against the real converter):
   - BatchNormalization right after a Dense/Conv2D/DepthwiseConv2D without activation is folded
     into its constants in float32 with TF's Rsqrt kernel: m = rsqrt(var + eps) * gamma,
-    W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL + ADD
-    (not supported here: UnsupportedError).
+    W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL(x, m) +
+    ADD(beta - mean * m) with (C,) constants: emitted for tflite_dynamic (float32 constants) and
+    tflite_fp16 (float16 through DEQUANTIZE); the full-integer profiles raise UnsupportedError
+    (qdrift has no int8 MUL), as do a BatchNormalization after a dilated convolution or another
+    BatchNormalization, and one right before a Dense (or, with one channel, a Conv): the converter folds
+    MUL + ADD into that layer's constants.
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
     BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
     reproduce: UnsupportedError.
@@ -138,10 +142,13 @@ def _merge(layers):
         prev = out[-1] if out else None
         linear = isinstance(prev, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) and prev.activation == "linear"
         if isinstance(layer, L.BatchNormalization):
-            if not linear or _dilated(prev):
+            if _dilated(prev) or isinstance(prev, L.BatchNormalization):
                 raise _core.UnsupportedError(
-                    f"convert: BatchNormalization '{layer.name}' does not follow a Dense/Conv2D/DepthwiseConv2D "
-                    "without activation; the converter lowers it to MUL + ADD, which qd.convert does not emit")
+                    f"convert: BatchNormalization '{layer.name}' after a dilated convolution or another "
+                    "BatchNormalization; the converter's MUL + ADD there is not reproduced")
+            if not linear:
+                out.append(layer)    # MUL + ADD (see _lower)
+                continue
             out[-1] = _fold(prev, layer)
             out[-1].name = prev.name
             out[-1].bn_folded = True
@@ -245,6 +252,8 @@ def _lower(model):
         elif isinstance(layer, (L.Flatten, L.Reshape)):
             if tuple(layer.output_shape) != tuple(shape_in):
                 g.add(_Node("RESHAPE", [x], [name]), [(1,) + tuple(layer.output_shape)])
+        elif isinstance(layer, L.BatchNormalization):
+            _lower_batch_norm(g, layer, x, after)
         elif isinstance(layer, L.SimpleRNN):
             _lower_rnn(g, layer, x)
         else:
@@ -289,6 +298,20 @@ def _lower_dilated(g, layer, x):
         linear = out
     if linear != name:
         _add_activation(g, layer.activation, linear, name)
+
+
+def _lower_batch_norm(g, bn, x, after):
+    """A BatchNormalization not folded into a layer: MUL(x, m) -> ADD(shift), the constants as
+    _fold computes them (shape (C,))."""
+    name = bn.name
+    w = bn.weights
+    if isinstance(after, L.Dense) or w["gamma"].size == 1 and isinstance(after, (L.Conv2D, L.DepthwiseConv2D)):
+        raise _core.UnsupportedError(f"convert: BatchNormalization '{name}' before '{after.name}': the converter "
+                                     "folds its MUL + ADD into that layer's constants (not reproduced)")
+    m = (_rsqrt((w["moving_variance"] + f32(bn.epsilon)).astype(f32)) * w["gamma"]).astype(f32)
+    shift = (w["beta"] - w["moving_mean"] * m).astype(f32)
+    g.add(_Node("MUL", [x], [f"{name}/mul"], bias=m, options=dict(activation=0)), [g.shapes[x]])
+    g.add(_Node("ADD", [f"{name}/mul"], [name], bias=shift, options=dict(activation=0)), [g.shapes[x]])
 
 
 def _add_activation(g, activation, x, name):
@@ -354,6 +377,8 @@ def _run_float(g, x):
             y = np.clip((v[0] + n.bias).astype(f32), f32(lo), f32(hi)).astype(f32)
         elif n.op == "ADD":
             y = (v[0] + v[1]).astype(f32)
+        elif n.op == "MUL":
+            y = (v[0] * n.bias).astype(f32)
         elif n.op in ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"):    # zero padding: the float graph
             y = _move_data(n.op, v[0], (n.block, n.pads), _FLOAT_TENSOR)
         elif n.op == "RESHAPE":
@@ -644,7 +669,7 @@ def _float_weights(g, profile):
             in_ids.append(-1 if n.bias is None else constant(f"{n.outputs[0]}/bias", n.bias, None))
             if n.op == "FULLY_CONNECTED" and profile == "tflite_dynamic":
                 options["asymmetric_quantize_inputs"] = b.tensors[in_ids[1]].dtype == np.int8
-        if n.op == "ADD" and n.bias is not None:
+        if n.op in ("ADD", "MUL") and n.bias is not None:
             in_ids.append(constant(f"{n.outputs[0]}/bias", n.bias, None))
         _data_constants(b, n, g, in_ids)
         out_ids = [b.tensor(o, np.float32, g.shapes[o]) for o in n.outputs]
@@ -673,6 +698,9 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
         return _float_weights(g, profile)
+    if any(n.op == "MUL" for n in g.nodes):
+        raise _core.UnsupportedError(f"convert: {profile}: a BatchNormalization not folded into a layer becomes "
+                                     "MUL + ADD, which qd.convert emits only for tflite_dynamic and tflite_fp16")
     if profile == "tflite_int16x8" and inference_io != "float":
         raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
     found = {} if calibration is None else calibrate(g, calibration, batch_size)

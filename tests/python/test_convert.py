@@ -342,3 +342,33 @@ def test_dilated_convolutions_equal_the_converter(rng, profile):
         for kernels in RESOLVERS:
             _, expected = run_litert(flatbuffer, kernels, x)
             assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+
+
+@pytest.mark.parametrize("profile", ["tflite_dynamic", "tflite_fp16"])
+def test_unfolded_batch_norm_float_profiles(rng, profile):
+    """A BatchNormalization with no Dense/Conv before it (alone, first, after an activation)
+    becomes MUL + ADD with the (C,) constants m = rsqrt(var + eps) * gamma and beta - mean * m:
+    the converter's constants bit for bit and LiteRT's outputs on every path. The full-integer
+    profiles refuse it (no int8 MUL in qdrift)."""
+    specs = [((5,), [L.BatchNormalization()]),
+             ((1,), [L.BatchNormalization(epsilon=1e-5)]),
+             ((4, 4, 3), [L.BatchNormalization(epsilon=1e-5), L.Conv2D(2, 2)]),
+             ((6,), [L.Dense(4, activation="tanh"), L.BatchNormalization()]),
+             ((6, 5, 2), [L.Conv2D(3, 2, padding="same", activation="relu"), L.BatchNormalization(),
+                          L.Activation("sigmoid"), L.Flatten(), L.Dense(2)])]
+    for shape, layers in specs:
+        km = keras.Sequential([keras.Input(shape)] + layers)
+        randomize_weights(km, rng)
+        ours = qd.convert(km, profile)
+        assert "MUL" in [op.name for op in ours.ops]
+        flatbuffer, _ = convert_with_tf(km, profile)
+        compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
+        x = rng.normal(size=(2,) + shape).astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+        with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
+            qd.convert(km, "tflite_int8", calibration=rng.normal(size=(2,) + shape).astype(np.float32))
+    before_dense = keras.Sequential([keras.Input((4,)), L.Activation("tanh"), L.BatchNormalization(), L.Dense(2)])
+    with pytest.raises(qd.UnsupportedError, match="folds its MUL"):    # the converter folds it into the Dense
+        qd.convert(before_dense, profile)
