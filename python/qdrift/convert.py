@@ -139,6 +139,8 @@ def _merge(layers):
     """Apply the converter's fusions to the layer list: fold BN, fuse a following relu/relu6."""
     out = []
     for layer in layers:
+        if isinstance(layer, L.Activation) and layer.activation == "linear":
+            continue     # the identity: the converter drops it (a BatchNormalization after it still folds)
         prev = out[-1] if out else None
         linear = isinstance(prev, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) and prev.activation == "linear"
         if isinstance(layer, L.BatchNormalization):
