@@ -313,7 +313,8 @@ def _dilated_models(rng):
                           L.DepthwiseConv2D(2, dilation_rate=3, padding="valid", activation="relu"),
                           L.Flatten(), L.Dense(3)]),
              # int16x8: the convolutions without a bias share one zeros constant (quantized at its first reader)
-             ((9, 9, 2), [L.Conv2D(2, 3, padding="same", use_bias=False), L.Conv2D(2, 2, dilation_rate=2, padding="same"),
+             ((9, 9, 2), [L.Conv2D(2, 3, padding="same", use_bias=False),
+                          L.Conv2D(2, 2, dilation_rate=2, padding="same"),
                           L.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False)])]
     for shape, layers in specs:
         km = keras.Sequential([keras.Input(shape)] + layers)
