@@ -146,6 +146,7 @@ def test_canonical_examples_int8(rng):
 
 def test_int8_inference_io(rng):
     """inference_io='int8' matches inference_input_type=inference_output_type=tf.int8."""
+    xnnpack_failures = 0
     for trial in range(6):
         kind, km, cal, by_qdrift = _converted(rng, ["image", "dense", "rnn"][trial % 3])
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal, inference_io="int8")
@@ -154,8 +155,17 @@ def test_int8_inference_io(rng):
         compare_models(ours, qd.from_tflite(flatbuffer), trial)
         x = rng.integers(-128, 128, (1,) + km.input_shape[1:]).astype(np.int8)
         for kernels in RESOLVERS:
-            _, expected = run_litert(flatbuffer, kernels, x)
+            try:
+                _, expected = run_litert(flatbuffer, kernels, x)
+            except RuntimeError as e:
+                # LiteRT's own failure to prepare some files ("failed to create XNNPACK runtime"; seen
+                # here on an image model with a dilated convolution's bias ADD), as in the random
+                # int8 test above: nothing to compare against on that path; counted and bounded below.
+                assert kernels == "xnnpack" and "XNNPACK" in str(e), (trial, kernels, e)
+                xnnpack_failures += 1
+                continue
             assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
+    assert xnnpack_failures <= 1, xnnpack_failures
 
 
 def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
