@@ -6,8 +6,12 @@ The converter's rules reproduced here were found by converting Keras models with
 reading the files (tests/python/test_convert.py checks every one against the real converter):
   - BatchNormalization right after a Dense/Conv2D/DepthwiseConv2D without activation is folded
     into its constants in float32 with TF's Rsqrt kernel: m = rsqrt(var + eps) * gamma,
-    W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL + ADD
-    (not supported here: UnsupportedError).
+    W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL(x, m) +
+    ADD(beta - mean * m) with (C,) constants: emitted for tflite_dynamic (float32 constants) and
+    tflite_fp16 (float16 through DEQUANTIZE); the full-integer profiles raise UnsupportedError
+    (qdrift has no int8 MUL), as do a BatchNormalization after a dilated convolution or another
+    BatchNormalization, and one right before a Dense (or, with one channel, a Conv): the converter folds
+    MUL + ADD into that layer's constants.
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
     BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
     reproduce: UnsupportedError.
@@ -21,7 +25,16 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     step FC(h, U) [from step 1], FC(x_t, W, b), ADD(input part, recurrent part), TANH. The real
     converter segfaults on the non-unrolled (WHILE) int8 form, so a Keras SimpleRNN needs
     unroll=True.
-  - Dilated convolutions lower to SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND: UnsupportedError.
+  - A dilated Conv2D / DepthwiseConv2D (dilation_rate > 1 on some axis; Keras then requires
+    strides 1) becomes SPACE_TO_BATCH_ND (block = dilation, int32 paddings) -> the convolution
+    with dilation 1, VALID, and a zero bias -> BATCH_TO_SPACE_ND (int32 crops) -> ADD of the
+    per-channel bias as a constant (only when the bias is nonzero), which carries a fused
+    relu/relu6. Paddings per axis: SAME pads (d (k - 1)) // 2 before and the rest after, VALID
+    nothing; then the end grows by e = (-(size + pads)) % d so the block divides it, and the
+    crops are (0, e). The quantizer gives both data-movement ops their input's parameters and
+    quantizes the ADD's constant like an activation over [min(b), max(b)] (int8 asymmetric per
+    tensor, int16 symmetric). A relu with no bias becomes a separate RELU op and a
+    BatchNormalization after a dilated convolution is not folded (MUL + ADD): UnsupportedError.
   - int8 (MLIR quantizer): a bias that would exceed INT32_MAX / 2 enlarges that channel's weight
     scale (SetBiasParamsWithAdjustments); int16x8 (old quantizer): AdjustWeightsForBiasScale,
     and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
@@ -43,13 +56,14 @@ import numpy as np
 from . import _core, tflite
 from . import layers as L
 from .tflite_float import FLOAT_ACTIVATIONS, activation_function
+from .tflite_int16 import _move_data
 from .tflite_model import Op, Tensor, TFLiteModel
 
 PROFILES = ("tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16")
 f32 = np.float32
 _FUSED = {"linear": 0, "relu": 1, "relu6": 3}
 # Ops whose output has the input's quantization (the converter forces it).
-_SAME_PARAMS = ("RESHAPE", "UNPACK")
+_SAME_PARAMS = ("RESHAPE", "UNPACK", "SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
 # Dynamic range: constants with fewer elements stay float (minimum_elements_for_weights).
 DYNAMIC_MIN_ELEMENTS = 1024
 _TENSOR_TYPE_INT64 = 4   # TFLite schema TensorType
@@ -128,13 +142,18 @@ def _merge(layers):
     """Apply the converter's fusions to the layer list: fold BN, fuse a following relu/relu6."""
     out = []
     for layer in layers:
+        if isinstance(layer, L.Activation) and layer.activation == "linear":
+            continue     # the identity: the converter drops it (a BatchNormalization after it still folds)
         prev = out[-1] if out else None
         linear = isinstance(prev, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) and prev.activation == "linear"
         if isinstance(layer, L.BatchNormalization):
-            if not linear:
+            if _dilated(prev) or isinstance(prev, L.BatchNormalization):
                 raise _core.UnsupportedError(
-                    f"convert: BatchNormalization '{layer.name}' does not follow a Dense/Conv2D/DepthwiseConv2D "
-                    "without activation; the converter lowers it to MUL + ADD, which qd.convert does not emit")
+                    f"convert: BatchNormalization '{layer.name}' after a dilated convolution or another "
+                    "BatchNormalization; the converter's MUL + ADD there is not reproduced")
+            if not linear:
+                out.append(layer)    # MUL + ADD (see _lower)
+                continue
             out[-1] = _fold(prev, layer)
             out[-1].name = prev.name
             out[-1].bn_folded = True
@@ -149,6 +168,25 @@ def _merge(layers):
             continue
         out.append(layer)
     return out
+
+
+def _dilated(layer):
+    return isinstance(layer, (L.Conv2D, L.DepthwiseConv2D)) and max(layer.dilation_rate) > 1
+
+
+def _space_to_batch_params(layer, in_hw):
+    """(block, paddings, crops) of the converter's SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND pair
+    around a dilated convolution (TF's required_space_to_batch_paddings)."""
+    kh, kw = layer.kernel_size
+    block = np.asarray(layer.dilation_rate, np.int32)
+    paddings, crops = np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32)
+    for a, (size, k, d) in enumerate(zip(in_hw, (kh, kw), block)):
+        total = int(d) * (k - 1) if layer.padding == "same" else 0
+        start, end = total // 2, total - total // 2
+        extra = (-(size + start + end)) % int(d)
+        paddings[a] = (start, end + extra)
+        crops[a] = (0, extra)
+    return block, paddings, crops
 
 
 def _tflite_weights(layer):
@@ -170,16 +208,24 @@ def _bias_or_none(b):
 def _lower(model):
     """The converter's float graph of a qd.Sequential."""
     g = _FloatGraph(model.input_shape)
-    for layer in _merge(model.layers):
+    merged = _merge(model.layers)
+    for i, layer in enumerate(merged):
         x, name = g.last, layer.name
         shape_in = g.shapes[x][1:]
+        after = merged[i + 1] if i + 1 < len(merged) else None
+        if _dilated(layer) and layer.activation == "linear" and _bias_or_none(layer.weights.get("bias")) is not None \
+                and layer.weights["bias"].size == 1 and isinstance(after, (L.Conv2D, L.DepthwiseConv2D)) \
+                and after.padding == "valid" and not _dilated(after):
+            raise _core.UnsupportedError(
+                f"convert: the one-channel bias ADD of dilated '{name}' is folded by the converter into the "
+                f"following VALID '{after.name}' (not reproduced)")
         if isinstance(layer, (L.Dense, L.Conv2D, L.DepthwiseConv2D)):
             if isinstance(layer, L.Dense) and len(shape_in) != 1:
                 raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(shape_in) + 1} input (the "
                                              "converter emits FC + RESHAPE + ADD; not supported)")
-            if not isinstance(layer, L.Dense) and max(layer.dilation_rate) > 1:
-                raise _core.UnsupportedError(f"convert: '{name}' is dilated; the converter lowers dilated "
-                                             "convolutions with SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND (not supported)")
+            if _dilated(layer):
+                _lower_dilated(g, layer, x)
+                continue
             w, k = _tflite_weights(layer)
             op = {L.Dense: "FULLY_CONNECTED", L.Conv2D: "CONV_2D"}.get(type(layer), "DEPTHWISE_CONV_2D")
             act = layer.activation if layer.activation in _FUSED else "linear"
@@ -211,11 +257,66 @@ def _lower(model):
         elif isinstance(layer, (L.Flatten, L.Reshape)):
             if tuple(layer.output_shape) != tuple(shape_in):
                 g.add(_Node("RESHAPE", [x], [name]), [(1,) + tuple(layer.output_shape)])
+        elif isinstance(layer, L.BatchNormalization):
+            _lower_batch_norm(g, layer, x, after)
         elif isinstance(layer, L.SimpleRNN):
             _lower_rnn(g, layer, x)
         else:
             raise _core.UnsupportedError(f"convert: layer '{name}' ({type(layer).__name__}) is not supported")
     return g
+
+
+def _lower_dilated(g, layer, x):
+    """SPACE_TO_BATCH_ND -> undilated VALID convolution (zero bias) -> BATCH_TO_SPACE_ND -> ADD(bias)."""
+    name = layer.name
+    bias = _bias_or_none(layer.weights.get("bias"))
+    act = layer.activation if layer.activation in _FUSED else "linear"
+    if act != "linear" and bias is None:
+        raise _core.UnsupportedError(f"convert: dilated '{name}' without a bias: the converter emits its "
+                                     f"{act} as a separate RELU op (not supported)")
+    n, h, w_, c = g.shapes[x]
+    block, paddings, crops = _space_to_batch_params(layer, (h, w_))
+    padded = (h + paddings[0].sum(), w_ + paddings[1].sum())
+    # The file declares the batched tensors with the input's batch (1; the signature says -1).
+    batched = (n, int(padded[0] // block[0]), int(padded[1] // block[1]), c)
+    g.add(_Node("SPACE_TO_BATCH_ND", [x], [f"{name}/space_to_batch"]), [batched])
+    g.nodes[-1].block, g.nodes[-1].pads = block, paddings
+    inner = copy.copy(layer)
+    inner.padding, inner.strides, inner.dilation_rate = "valid", (1, 1), (1, 1)
+    w, k = _tflite_weights(layer)
+    op = "CONV_2D" if isinstance(layer, L.Conv2D) else "DEPTHWISE_CONV_2D"
+    out_c = w.shape[0] if op == "CONV_2D" else w.shape[3]
+    conv_hw = (batched[1] - layer.kernel_size[0] + 1, batched[2] - layer.kernel_size[1] + 1)
+    options = dict(activation=0, padding="valid", strides=(1, 1), dilation=(1, 1))
+    g.add(_Node(op, [g.last], [f"{name}/conv"], w, np.zeros(out_c, f32), options, k, inner),
+          [(batched[0],) + conv_hw + (out_c,)])
+    done = bias is None and layer.activation == "linear"
+    linear = name if done else (f"{name}/batch_to_space" if bias is not None else f"{name}/linear")
+    g.add(_Node("BATCH_TO_SPACE_ND", [g.last], [linear]), [(n,) + tuple(layer.output_shape)])
+    g.nodes[-1].block, g.nodes[-1].pads = block, crops
+    if bias is not None:
+        out = name if act == layer.activation else f"{name}/linear"
+        # Keras adds the bias reshaped to (1, 1, 1, C); the converter's folding keeps that shape
+        # for one channel and flattens it to (C,) otherwise.
+        bias = bias.reshape(1, 1, 1, 1) if bias.size == 1 else bias
+        g.add(_Node("ADD", [linear], [out], bias=bias, options=dict(activation=_FUSED[act])), [g.shapes[linear]])
+        linear = out
+    if linear != name:
+        _add_activation(g, layer.activation, linear, name)
+
+
+def _lower_batch_norm(g, bn, x, after):
+    """A BatchNormalization not folded into a layer: MUL(x, m) -> ADD(shift), the constants as
+    _fold computes them (shape (C,))."""
+    name = bn.name
+    w = bn.weights
+    if isinstance(after, L.Dense) or w["gamma"].size == 1 and isinstance(after, (L.Conv2D, L.DepthwiseConv2D)):
+        raise _core.UnsupportedError(f"convert: BatchNormalization '{name}' before '{after.name}': the converter "
+                                     "folds its MUL + ADD into that layer's constants (not reproduced)")
+    m = (_rsqrt((w["moving_variance"] + f32(bn.epsilon)).astype(f32)) * w["gamma"]).astype(f32)
+    shift = (w["beta"] - w["moving_mean"] * m).astype(f32)
+    g.add(_Node("MUL", [x], [f"{name}/mul"], bias=m, options=dict(activation=0)), [g.shapes[x]])
+    g.add(_Node("ADD", [f"{name}/mul"], [name], bias=shift, options=dict(activation=0)), [g.shapes[x]])
 
 
 def _add_activation(g, activation, x, name):
@@ -259,6 +360,9 @@ def _lower_rnn(g, layer, x):
 
 
 # ---- the float run (calibration) ----------------------------------------------------------------
+_FLOAT_TENSOR = Tensor("float", np.float32, (), np.zeros(0, f32), np.zeros(0, np.int64), None)   # pads with 0
+
+
 def _run_float(g, x, kernels="tf_builtin"):
     """Every tensor of the float graph on input `x`, with the float kernels of path `kernels`
     (tflite_float's: the calibrator's are "tf_builtin")."""
@@ -284,8 +388,15 @@ def _run_float(g, x, kernels="tf_builtin"):
                                  groups=v[0].shape[3] if depthwise else layer.groups, lo=lo, hi=hi)
         elif n.op in ("TANH", "LOGISTIC"):
             y = _core.activation_f32(np.ascontiguousarray(v[0]), activation_function(n.op, kernels))
+        elif n.op == "ADD" and n.bias is not None:     # a dilated convolution's bias, fused relu/relu6
+            lo, hi = {0: (-np.inf, np.inf), 1: (0, np.inf), 3: (0, 6)}[n.options["activation"]]
+            y = np.clip((v[0] + n.bias).astype(f32), f32(lo), f32(hi)).astype(f32)
         elif n.op == "ADD":
             y = (v[0] + v[1]).astype(f32)
+        elif n.op == "MUL":
+            y = (v[0] * n.bias).astype(f32)
+        elif n.op in ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"):    # zero padding: the float graph
+            y = _move_data(n.op, v[0], (n.block, n.pads), _FLOAT_TENSOR)
         elif n.op == "RESHAPE":
             if n.outputs[0].endswith("/time_major"):      # (N, T, F) -> (T, N, F)
                 y = np.ascontiguousarray(np.transpose(v[0], (1, 0, 2)))
@@ -317,7 +428,7 @@ def calibrate(g, calibration):
     # The calibrator logs an op's inputs after the op ran; LiteRT runs ADD in place (its output
     # overwrites input 0), so input 0's logged range also covers ADD's output.
     for n in g.nodes:
-        if n.op == "ADD":
+        if n.op == "ADD" and n.bias is None:
             a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
             ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
     return ranges
@@ -494,6 +605,10 @@ def _full_integer(g, profile, ranges, inference_io):
                 # The old quantizer (int16x8) keeps the unrolled RNN's one shared bias tensor; the
                 # MLIR quantizer (int8) gives every step its own copy.
                 bkey = ("bias", n.bias.tobytes(), s_in, w_id) if profile == "tflite_int16x8" else None
+                if bkey is not None and not np.any(n.bias):
+                    # The float model holds one zeros constant per size, read by every convolution
+                    # without a bias; the old quantizer quantizes it once, at its first reader.
+                    bkey = ("zero bias", n.bias.shape)
                 if bkey is None or bkey not in constants:
                     bid = b.tensor(f"{n.outputs[0]}/bias", dtype, n.bias.shape, bs, np.zeros(bs.size, np.int64), bq)
                     if bkey is not None:
@@ -501,9 +616,12 @@ def _full_integer(g, profile, ranges, inference_io):
                 in_ids.append(bid if bkey is None else constants[bkey])
             else:
                 in_ids.append(-1)
-        if n.op == "RESHAPE":
-            shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
-            in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
+        if n.op == "ADD" and n.bias is not None:   # a constant operand, quantized like an activation
+            sb, zb = _int_activation(profile, float(n.bias.min()), float(n.bias.max()))
+            lim = np.iinfo(act_dtype)
+            codes = np.clip(_round_half_away(n.bias / f32(sb)) + zb, lim.min, lim.max).astype(act_dtype)
+            in_ids.append(b.tensor(f"{n.outputs[0]}/bias", act_dtype, n.bias.shape, sb, zb, codes))
+        _data_constants(b, n, g, in_ids)
         b.op(n.op, in_ids, out_ids, _file_options(n, n.options, profile))
         ids.update(zip(n.outputs, out_ids))
     last = ids[g.last]
@@ -512,6 +630,22 @@ def _full_integer(g, profile, ranges, inference_io):
         b.op("DEQUANTIZE", [last], [y])
         last = y
     return TFLiteModel(b.tensors, b.ops, inputs, [last])
+
+
+def _round_half_away(x):
+    from .tflite_kernels import round_half_away
+    return round_half_away(np.asarray(x, np.float64))
+
+
+def _data_constants(b, n, g, in_ids):
+    """The int32 operands of RESHAPE (shape) and SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND (block, paddings or crops)."""
+    out = n.outputs[0]
+    if n.op == "RESHAPE":
+        shape = np.asarray(g.shapes[out], np.int32)
+        in_ids.append(b.tensor(f"{out}/shape", np.int32, shape.shape, data=shape))
+    elif n.op in ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"):
+        in_ids.append(b.tensor(f"{out}/block_shape", np.int32, (2,), data=n.block))
+        in_ids.append(b.tensor(f"{out}/paddings", np.int32, (2, 2), data=n.pads))
 
 
 FP16_MAX = 65504.0
@@ -552,9 +686,9 @@ def _float_weights(g, profile):
             in_ids.append(-1 if n.bias is None else constant(f"{n.outputs[0]}/bias", n.bias, None))
             if n.op == "FULLY_CONNECTED" and profile == "tflite_dynamic":
                 options["asymmetric_quantize_inputs"] = b.tensors[in_ids[1]].dtype == np.int8
-        if n.op == "RESHAPE":
-            shape = np.asarray(g.shapes[n.outputs[0]], np.int32)
-            in_ids.append(b.tensor(f"{n.outputs[0]}/shape", np.int32, shape.shape, data=shape))
+        if n.op in ("ADD", "MUL") and n.bias is not None:
+            in_ids.append(constant(f"{n.outputs[0]}/bias", n.bias, None))
+        _data_constants(b, n, g, in_ids)
         out_ids = [b.tensor(o, np.float32, g.shapes[o]) for o in n.outputs]
         b.op(n.op, in_ids, out_ids, _file_options(n, options, profile))
         ids.update(zip(n.outputs, out_ids))
@@ -581,6 +715,9 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
         return _float_weights(g, profile)
+    if any(n.op == "MUL" for n in g.nodes):
+        raise _core.UnsupportedError(f"convert: {profile}: a BatchNormalization not folded into a layer becomes "
+                                     "MUL + ADD, which qd.convert emits only for tflite_dynamic and tflite_fp16")
     if profile == "tflite_int16x8" and inference_io != "float":
         raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
     found = {} if calibration is None else calibrate(g, calibration)

@@ -15,7 +15,7 @@ from . import _core
 FLOAT_ACTIVATIONS = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
 _SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "FILL", "TRANSPOSE", "GATHER", "SLICE", "CONCATENATION", "LESS",
               "LOGICAL_AND", "WHILE", "UNPACK", "RESHAPE", "ADD", "DEQUANTIZE")
-_FLOAT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TANH", "LOGISTIC")
+_FLOAT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TANH", "LOGISTIC", "MUL")
 SUPPORTED_OPS = tuple(dict.fromkeys(_SHAPE_OPS + _FLOAT_OPS))
 _INTEGER_DTYPES = (np.int8, np.int16, np.uint8)
 
@@ -58,6 +58,8 @@ def options(tfl, table, name):
         return dict(axis=o.Axis(), activation=o.FusedActivationFunction())
     if name == "PACK":
         return dict(axis=init(tfl.PackOptions).Axis())
+    if name == "MUL":
+        return dict(activation=init(tfl.MulOptions).FusedActivationFunction())
     if name == "WHILE":
         o = init(tfl.WhileOptions)
         return dict(cond=o.CondSubgraphIndex(), body=o.BodySubgraphIndex())
@@ -149,6 +151,9 @@ def _single(model, op, get, out, kernels):
             lo, hi = _float_range(op.options.get("activation", 0), name)
             y = np.clip(y, np.float32(lo), np.float32(hi)).astype(np.float32)
         return y
+    if name == "MUL":   # one float32 product per element on every path (a unfolded BatchNormalization's scale)
+        lo, hi = _float_range(op.options.get("activation", 0), name)
+        return np.clip((get(0) * get(1)).astype(np.float32), np.float32(lo), np.float32(hi)).astype(np.float32)
     if name in ("TANH", "LOGISTIC"):
         # Each path's own approximation: std:: functions (reference), Eigen's (builtin; packets
         # of 4 over the flattened tensor, a scalar tail), XNNPACK's.

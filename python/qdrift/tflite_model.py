@@ -163,6 +163,8 @@ class TFLiteModel:
                                   int(t_in.zero_point[0]), float(t_b.scale[0]), int(t_b.zero_point[0]),
                                   float(t_out.scale[0]), int(t_out.zero_point[0]),
                                   kernel="xnnpack" if kernels == "xnnpack" else "tflite", act_min=lo, act_max=hi)
+        if op.name == "MUL":
+            raise _core.UnsupportedError("run: integer MUL is not supported (float MUL only)")
         w = self.tensors[op.inputs[1]]
         b = self.tensors[op.inputs[2]].data if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         act = _ACTIVATIONS.get(op.options.get("activation", 0))

@@ -147,6 +147,9 @@ def _maybe_bn_and_act(rng, layers, act_in_layer):
     if act_in_layer == "linear" and rng.random() < 0.4:
         a = _act(rng)
         layers.append(L.ReLU() if a == "relu" and rng.random() < 0.5 else L.Activation(a))
+    if not isinstance(layers[-1], L.BatchNormalization) and rng.random() < 0.15:
+        # not folded: MUL + ADD in the file (qd.convert: float profiles only)
+        layers.append(L.BatchNormalization(epsilon=float(rng.choice([1e-3, 1e-5]))))
 
 
 def random_image_model(rng):
@@ -154,11 +157,13 @@ def random_image_model(rng):
     layers, shape = [], (h, w, c)
     for _ in range(int(rng.integers(1, 4))):
         strides = int(rng.choice([1, 1, 2]))
-        dilation = 1    # dilated convolutions lower to SPACE_TO_BATCH_ND (qd.convert: UnsupportedError)
+        # Dilated convolutions (SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND in the file) need strides 1.
+        dilation = (1, 1) if rng.random() < 0.6 else tuple(int(d) for d in rng.choice([1, 2, 3], 2))
+        strides = 1 if max(dilation) > 1 else strides
         k = int(rng.integers(1, 4))
         padding = str(rng.choice(["same", "valid"]))
         act = _act(rng) if rng.random() < 0.5 else "linear"
-        if padding == "valid" and min(h, w) - dilation * (k - 1) < 1:
+        if padding == "valid" and (h - dilation[0] * (k - 1) < 1 or w - dilation[1] * (k - 1) < 1):
             padding = "same"
         if rng.random() < 0.6:
             layers.append(L.Conv2D(int(rng.integers(1, 7)), k, strides=strides, padding=padding,

