@@ -204,8 +204,10 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
     """Dynamic range (int8 weights of 1024+ elements, double arithmetic, float biases) and float16
     (every constant fp16 through DEQUANTIZE): graph, dtypes, scales and constant bits equal the
     converter's on random models, including layers big enough to cross the 1024 threshold; the
-    converted model's outputs equal LiteRT's on every kernel path, bit for bit."""
+    converted model's outputs equal LiteRT's on every kernel path, bit for bit (except the one
+    float case qdrift cannot pin down, bounded below)."""
     quantized = kept_float = 0
+    worst_head = 0.0
     for trial in range(MODELS):
         while True:
             kind, km = random_model(rng)
@@ -222,13 +224,46 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
         x = x.astype(np.float32)
         for kernels in RESOLVERS:
             _, expected = run_litert(flatbuffer, kernels, x)
-            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
+            got = ours.run(x, kernels=kernels)
+            terms = _one_unit_float_head_terms(ours, x) if kernels == "builtin" else None
+            if terms is None:
+                assert np.array_equal(got, expected), (trial, kernels)
+                continue
+            # The builtin path evaluates a float FULLY_CONNECTED with one output unit as Eigen's
+            # inner product, a redux over 8-float packets whose split into packets and scalar
+            # remainder follows the weight buffer's address in memory, which the file does not
+            # fix: qdrift's order (aligned) matches most such heads, not all. The bound is a
+            # reassociation of that one dot product: 4 eps * (sum |x_i w_i| + |b|); measured
+            # worst 0.33 eps over the set with the default seed.
+            err = np.abs(got.astype(np.float64) - expected).reshape(-1) / (np.finfo(np.float32).eps * terms)
+            assert np.all(err <= 4), (trial, err)
+            worst_head = max(worst_head, float(err.max()))
         for t in ours.tensors:
             quantized += int(t.dtype == np.int8)
             kept_float += int(t.dtype == np.float32 and t.data is not None and t.data.size > 1 and
                               "/weights" in t.name)
     if profile == "tflite_dynamic":
         assert quantized > 20 and kept_float > 20, (quantized, kept_float)   # both sides of 1024 seen
+    print(f"{profile}: worst one-unit float head on the builtin path: {worst_head:.2f} eps * sum|x w|")
+
+
+def _one_unit_float_head_terms(tm, x):
+    """sum |x_i w_i| + |b| per batch row of the model's last op when it is a float
+    FULLY_CONNECTED with one output unit (float32 weights, constant or dequantized fp16); else None."""
+    op = tm.ops[-1]
+    if op.name != "FULLY_CONNECTED" or tm.tensors[op.outputs[0]].shape[-1] != 1:
+        return None
+    _, taps = tm.run(x, kernels="builtin", taps=True)
+
+    def value(i):
+        t = tm.tensors[i]
+        return t.data if t.data is not None else taps[t.name]
+    w = value(op.inputs[1])
+    if w.dtype != np.float32:
+        return None
+    xin = np.abs(value(op.inputs[0]).astype(np.float64).reshape(x.shape[0], -1))
+    b = abs(float(value(op.inputs[2]).ravel()[0])) if op.inputs[2] >= 0 else 0.0
+    return xin @ np.abs(w.astype(np.float64).reshape(-1)) + b
 
 
 def _widened(km, rng):
