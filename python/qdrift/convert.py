@@ -255,10 +255,17 @@ def _lower(model):
         elif isinstance(layer, L.Activation):
             _add_activation(g, layer.activation, x, name)
         elif isinstance(layer, (L.Flatten, L.Reshape)):
-            if tuple(layer.output_shape) != tuple(shape_in):
+            prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
+            if prev is not None and getattr(prev, "sequence_reshape", False):
+                # The converter folds RESHAPE(RESHAPE(x)): the loop's (T, 1, U) goes straight to this shape.
+                g.nodes.pop()
+                x, shape_in = prev.inputs[0], None     # (T, 1, U), T > 1: never the target shape
+            if shape_in is None or tuple(layer.output_shape) != tuple(shape_in):
                 g.add(_Node("RESHAPE", [x], [name]), [(1,) + tuple(layer.output_shape)])
         elif isinstance(layer, L.BatchNormalization):
             _lower_batch_norm(g, layer, x, after)
+        elif isinstance(layer, L.SimpleRNN) and not layer.unroll:
+            _lower_rnn_while(g, layer, x)
         elif isinstance(layer, L.SimpleRNN):
             _lower_rnn(g, layer, x)
         else:
@@ -357,6 +364,42 @@ def _lower_rnn(g, layer, x):
             g.add(_Node("ADD", [zx, zh], [pre], options=dict(activation=0)), [(1, layer.units)])
         h = name if s == t - 1 else f"{name}/step{s}/state"
         g.add(_Node("TANH", [pre], [h]), [(1, layer.units)])
+
+
+def _lower_rnn_while(g, layer, x):
+    """The converter's non-unrolled SimpleRNN (batch 1): RESHAPE (1, T, F) -> (T, 1, F) (left out
+    when T = 1), WHILE over cond / body subgraphs (built by _while_subgraphs) carrying (step, step,
+    output list, h, x), then the output list's last row (STRIDED_SLICE) or, for
+    return_sequences, RESHAPE (T, 1, U) -> (1, T, U) (left out when T = 1)."""
+    name = layer.name
+    if layer.activation != "tanh" or layer.go_backwards:
+        raise _core.UnsupportedError(f"convert: SimpleRNN '{name}' (WHILE loop) must use tanh and run forwards "
+                                     "(other forms are not emitted)")
+    if any(n.op == "WHILE" for n in g.nodes):
+        raise _core.UnsupportedError(f"convert: SimpleRNN '{name}' is a second WHILE loop; qd.convert emits one "
+                                     "non-unrolled SimpleRNN per model")
+    t, f = g.shapes[x][1:]
+    if t > 1:
+        g.add(_Node("RESHAPE", [x], [f"{name}/time_major"]), [(t, 1, f)])
+        x = f"{name}/time_major"
+    rows = t if layer.return_sequences else 1       # the output list keeps only what is read after the loop
+    done = layer.return_sequences and t == 1
+    states = [f"{name}/while/{k}" for k in ("step", "time", "outputs", "state", "inputs")]
+    if done:
+        states[2] = name
+    node = _Node("WHILE", [x], states)
+    node.rnn = layer
+    g.add(node, [(), (), (rows, 1, layer.units), (1, layer.units), (t, 1, f)])
+    g.last = states[2]
+    if done:
+        return
+    if layer.return_sequences:
+        g.add(_Node("RESHAPE", [states[2]], [name]), [(1, t, layer.units)])
+        g.nodes[-1].sequence_reshape = True
+    else:
+        options = dict(begin_mask=6, end_mask=6, shrink_axis_mask=1)
+        g.add(_Node("STRIDED_SLICE", [states[2]], [name], options=options), [(1, layer.units)])
+        g.nodes[-1].slice = ([-1, 0, 0], [0, 1, layer.units], [1, 1, 1])
 
 
 # ---- the float run (calibration) ----------------------------------------------------------------
@@ -629,7 +672,9 @@ def _full_integer(g, profile, ranges, inference_io):
         y = b.tensor("output", np.float32, b.tensors[last].shape)
         b.op("DEQUANTIZE", [last], [y])
         last = y
-    return TFLiteModel(b.tensors, b.ops, inputs, [last])
+    tm = TFLiteModel(b.tensors, b.ops, inputs, [last])
+    tm.subgraphs = [tm]
+    return tm
 
 
 def _round_half_away(x):
@@ -646,6 +691,9 @@ def _data_constants(b, n, g, in_ids):
     elif n.op in ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"):
         in_ids.append(b.tensor(f"{out}/block_shape", np.int32, (2,), data=n.block))
         in_ids.append(b.tensor(f"{out}/paddings", np.int32, (2, 2), data=n.pads))
+    elif n.op == "STRIDED_SLICE":
+        for what, v in zip(("begin", "end", "strides"), n.slice):
+            in_ids.append(b.tensor(f"{out}/{what}", np.int32, (3,), data=np.asarray(v, np.int32)))
 
 
 FP16_MAX = 65504.0
@@ -654,45 +702,163 @@ FP16_MAX = 65504.0
 def _float_weights(g, profile):
     """tflite_dynamic: constants of FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D with at least
     1024 elements become symmetric int8, per channel, in double arithmetic; biases and smaller
-    weights stay float32; FC ops get asymmetric_quantize_inputs. tflite_fp16: every weight and
-    bias becomes float16 (clamped to +-65504, rounded half to even) read through a DEQUANTIZE op.
+    weights stay float32; FC ops get asymmetric_quantize_inputs. tflite_fp16: every float
+    constant (weights, biases, a WHILE loop's initial zeros) becomes float16 (clamped to +-65504,
+    rounded half to even) read through a DEQUANTIZE op in the subgraph that uses it.
     Activations stay float32 in both, with no QUANTIZE / DEQUANTIZE at the ends."""
     b = _Builder()
     ids = {"input": b.tensor("input", np.float32, g.shapes["input"])}
     shared = {}   # the unrolled RNN reads one weight (and bias) tensor at every step
-
-    def constant(name, value, axis):
-        key = (value.tobytes(), value.shape)
-        if key in shared:
-            return shared[key]
-        if profile == "tflite_fp16":
-            half = np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16)
-            src = b.tensor(f"{name}/fp16", np.float16, value.shape, data=half)
-            out = b.tensor(name, np.float32, value.shape)
-            b.op("DEQUANTIZE", [src], [out])
-        elif axis is not None and value.size >= DYNAMIC_MIN_ELEMENTS:
-            ws, wq = tflite.quantize_weights(value, True, axis, "dynamic")
-            out = b.tensor(name, np.int8, value.shape, ws, np.zeros(ws.size, np.int64), wq)
-        else:
-            out = b.tensor(name, np.float32, value.shape, data=np.ascontiguousarray(value, f32))
-        shared[key] = out
-        return out
-
+    subgraphs = []
     for n in g.nodes:
         in_ids = [ids[i] for i in n.inputs]
         options = dict(n.options)
+        if n.op == "WHILE":
+            out_ids = _emit_while(b, shared, profile, n, in_ids[0], g, subgraphs)
+            ids.update(zip(n.outputs, out_ids))
+            continue
         if n.weights is not None:
-            in_ids.append(constant(f"{n.outputs[0]}/weights", n.weights, _WEIGHT_AXIS[n.op]))
-            in_ids.append(-1 if n.bias is None else constant(f"{n.outputs[0]}/bias", n.bias, None))
+            in_ids.append(_float_constant(b, shared, profile, f"{n.outputs[0]}/weights", n.weights, _WEIGHT_AXIS[n.op]))
+            in_ids.append(-1 if n.bias is None else _float_constant(b, shared, profile, f"{n.outputs[0]}/bias",
+                                                                    n.bias, None))
             if n.op == "FULLY_CONNECTED" and profile == "tflite_dynamic":
                 options["asymmetric_quantize_inputs"] = b.tensors[in_ids[1]].dtype == np.int8
         if n.op in ("ADD", "MUL") and n.bias is not None:
-            in_ids.append(constant(f"{n.outputs[0]}/bias", n.bias, None))
+            in_ids.append(_float_constant(b, shared, profile, f"{n.outputs[0]}/bias", n.bias, None))
         _data_constants(b, n, g, in_ids)
         out_ids = [b.tensor(o, np.float32, g.shapes[o]) for o in n.outputs]
         b.op(n.op, in_ids, out_ids, _file_options(n, options, profile))
         ids.update(zip(n.outputs, out_ids))
-    return TFLiteModel(b.tensors, b.ops, [ids["input"]], [ids[g.last]])
+    main = TFLiteModel(b.tensors, b.ops, [ids["input"]], [ids[g.last]])
+    models = [main] + subgraphs
+    for m in models:
+        m.subgraphs = models
+    return main
+
+
+def _float_constant(b, shared, profile, name, value, axis):
+    """A float constant of a float-activation profile (see _float_weights); axis: the weight's
+    output-channel axis, None for biases and other constants (never quantized)."""
+    key = (value.tobytes(), value.shape, value.dtype.str)
+    if key in shared:
+        return shared[key]
+    if profile == "tflite_fp16":
+        half = np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16)
+        src = b.tensor(f"{name}/fp16", np.float16, value.shape, data=half)
+        out = b.tensor(name, np.float32, value.shape)
+        b.op("DEQUANTIZE", [src], [out])
+    elif axis is not None and value.size >= DYNAMIC_MIN_ELEMENTS:
+        ws, wq = tflite.quantize_weights(value, True, axis, "dynamic")
+        out = b.tensor(name, np.int8, value.shape, ws, np.zeros(ws.size, np.int64), wq)
+    else:
+        out = b.tensor(name, np.float32, value.shape, data=np.ascontiguousarray(value, f32))
+    shared[key] = out
+    return out
+
+
+def _int32(b, name, value):
+    v = np.asarray(value, np.int32)
+    return b.tensor(name, np.int32, v.shape, data=v)
+
+
+def _emit_while(b, shared, profile, n, x, g, subgraphs):
+    """The main graph's WHILE op of a non-unrolled SimpleRNN and its cond / body subgraphs
+    (appended to `subgraphs`; the first subgraph index is 1). Returns the WHILE's output ids."""
+    layer, (step, time, outputs, state, inputs) = n.rnn, n.outputs
+    units = layer.units
+    shapes = [g.shapes[o] for o in n.outputs]
+    rows = shapes[2][0]
+    zero = _int32(b, f"{step}/zero", 0)
+    # The converter dequantizes the initial state before the initial output list (reverse order of use).
+    h0 = _float_constant(b, shared, profile, f"{state}/initial", np.zeros((1, units), f32), None)
+    list0 = _float_constant(b, shared, profile, f"{outputs}/initial", np.zeros((rows, 1, units), f32), None)
+    out_ids = [b.tensor(o, np.int32 if k < 2 else np.float32, shapes[k]) for k, o in enumerate(n.outputs)]
+    first = len(subgraphs) + 1
+    b.op("WHILE", [zero, zero, list0, h0, x], out_ids, dict(cond=first, body=first + 1))
+    subgraphs.append(_while_cond(layer.name, shapes))
+    subgraphs.append(_while_body(layer, shapes, profile, layer.return_sequences))
+    return out_ids
+
+
+def _loop_arguments(b, name, shapes):
+    return [b.tensor(f"{name}/arg{k}", np.int32 if k < 2 else np.float32, s) for k, s in enumerate(shapes)]
+
+
+def _while_cond(name, shapes):
+    """LESS(time, T), LESS(step, T), LOGICAL_AND: both counters below the sequence length."""
+    b = _Builder()
+    args = _loop_arguments(b, f"{name}/while_cond", shapes)
+    steps = _int32(b, f"{name}/while_cond/length", shapes[4][0])
+    less_time = b.tensor(f"{name}/while_cond/less_time", np.bool_, ())
+    less_step = b.tensor(f"{name}/while_cond/less_step", np.bool_, ())
+    both = b.tensor(f"{name}/while_cond/and", np.bool_, ())
+    b.op("LESS", [args[1], steps], [less_time])
+    b.op("LESS", [args[0], steps], [less_step])
+    b.op("LOGICAL_AND", [less_step, less_time], [both])
+    return TFLiteModel(b.tensors, b.ops, args, [both])
+
+
+def _while_body(layer, shapes, profile, sequences):
+    """One step: the counters + 1, FC(h, U) without bias, GATHER(x, time), FC(x_t, W, b), ADD,
+    TANH, and the output list written: the last output RESHAPEd to (1, 1, U), or (return_sequences)
+    list[:time] ++ h ++ list[time + 1:] through SLICE and CONCATENATION, with the shapes the
+    converter declares for the slices ((1, 1, 1) and (1, 1, U)). Outputs (step + 1, time + 1,
+    list, h, x)."""
+    name, units = layer.name, layer.units
+    w = layer.weights
+    b, shared = _Builder(), {}
+    base = f"{name}/while_body"
+    args = _loop_arguments(b, base, shapes)
+    bias = _bias_or_none(w.get("bias"))
+    # fp16: the DEQUANTIZE ops open the body in reverse order of use (bias, W, U)
+    b_id = -1 if bias is None else _float_constant(b, shared, profile, f"{base}/bias", bias, None)
+    w_id = _float_constant(b, shared, profile, f"{base}/kernel", np.ascontiguousarray(w["kernel"].T), 0)
+    u_id = _float_constant(b, shared, profile, f"{base}/recurrent_kernel",
+                           np.ascontiguousarray(w["recurrent_kernel"].T), 0)
+    one = _int32(b, f"{base}/one", 1)
+    time_next = b.tensor(f"{base}/time_next", np.int32, ())
+    step_next = b.tensor(f"{base}/step_next", np.int32, ())
+    b.op("ADD", [args[1], one], [time_next], dict(activation=0, pot_scale_int16=True))
+    b.op("ADD", [args[0], one], [step_next], dict(activation=0, pot_scale_int16=True))
+
+    def fc(x, weights, bias_id, out):
+        y = b.tensor(f"{base}/{out}", np.float32, (1, units))
+        hybrid = profile == "tflite_dynamic" and b.tensors[weights].dtype == np.int8
+        b.op("FULLY_CONNECTED", [x, weights, bias_id], [y],
+             dict(activation=0, keep_num_dims=False, quantized_bias_type=0, asymmetric_quantize_inputs=hybrid))
+        return y
+
+    recurrent = fc(args[3], u_id, -1, "recurrent")
+    x_t = b.tensor(f"{base}/x_t", np.float32, (1, shapes[4][2]))
+    b.op("GATHER", [args[4], args[1]], [x_t], dict(axis=0))
+    projected = fc(x_t, w_id, b_id, "input")
+    pre = b.tensor(f"{base}/add", np.float32, (1, units))
+    b.op("ADD", [projected, recurrent], [pre], dict(activation=0, pot_scale_int16=True))
+    h = b.tensor(f"{base}/state", np.float32, (1, units))
+    b.op("TANH", [pre], [h])
+    row = b.tensor(f"{base}/row", np.float32, (1, 1, units))
+    if not sequences:
+        b.op("RESHAPE", [h, _int32(b, f"{base}/row_shape", [1, 1, units])], [row])
+        return TFLiteModel(b.tensors, b.ops, args, [step_next, time_next, row, h, args[4]])
+    one_d = _int32(b, f"{base}/one_d", [1])
+
+    def index3(counter, rest, label):
+        r = b.tensor(f"{base}/{label}_1d", np.int32, (1,))
+        b.op("RESHAPE", [counter, one_d], [r])
+        out = b.tensor(f"{base}/{label}", np.int32, (3,))
+        b.op("CONCATENATION", [r, _int32(b, f"{base}/{label}_rest", rest)], [out], dict(axis=0, activation=0))
+        return out
+
+    head_size = index3(args[1], [-1, -1], "head_size")
+    head = b.tensor(f"{base}/head", np.float32, (1, 1, 1))
+    b.op("SLICE", [args[2], _int32(b, f"{base}/head_begin", [0, 0, 0]), head_size], [head])
+    tail_begin = index3(time_next, [0, 0], "tail_begin")
+    tail = b.tensor(f"{base}/tail", np.float32, (1, 1, units))
+    b.op("SLICE", [args[2], tail_begin, _int32(b, f"{base}/tail_size", [-1, -1, -1])], [tail])
+    b.op("RESHAPE", [h, _int32(b, f"{base}/row_shape", [1, 1, units])], [row])
+    written = b.tensor(f"{base}/outputs", np.float32, shapes[2])
+    b.op("CONCATENATION", [head, row, tail], [written], dict(axis=0, activation=0))
+    return TFLiteModel(b.tensors, b.ops, args, [step_next, time_next, written, h, args[4]])
 
 
 def convert(model, profile="tflite_int8", calibration=None, ranges=None, inference_io="float"):
@@ -712,6 +878,12 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
     if inference_io not in ("float", "int8"):
         raise _core.ConfigError(f"convert: inference_io must be 'float' or 'int8', got '{inference_io}'")
     model = _as_sequential(model)
+    if profile not in ("tflite_dynamic", "tflite_fp16"):
+        for layer in model.layers:
+            if isinstance(layer, L.SimpleRNN) and not layer.unroll:
+                raise _core.UnsupportedError(
+                    f"convert: {profile}: SimpleRNN '{layer.name}' needs unroll=True (the real converter crashes on "
+                    "the full-integer WHILE loop of TF 2.21; tflite_dynamic and tflite_fp16 emit the loop)")
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
         return _float_weights(g, profile)
@@ -740,8 +912,11 @@ def _as_sequential(model):
     if isinstance(model, Sequential):
         return model
     from .keras_import import from_keras
+    batch = (getattr(model, "input_shape", None) or (None,))[0]
     for layer in getattr(model, "layers", []):
-        if type(layer).__name__ == "SimpleRNN" and not layer.get_config().get("unroll", False):
-            raise _core.UnsupportedError(f"convert: SimpleRNN '{layer.name}' needs unroll=True (the real converter "
-                                         "crashes on the full-integer WHILE loop of TF 2.21)")
+        if type(layer).__name__ == "SimpleRNN" and not layer.get_config().get("unroll", False) and batch != 1:
+            why = ("the converter fails on it (TensorListReserve needs a static element shape)" if batch is None
+                   else "qd.convert emits the loop for batch 1 only (the converter's TRANSPOSE form is not emitted)")
+            raise _core.UnsupportedError(f"convert: the non-unrolled SimpleRNN '{layer.name}' on a batch of {batch}: "
+                                         f"{why}; use keras.Input(..., batch_size=1) or unroll=True")
     return from_keras(model)

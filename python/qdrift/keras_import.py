@@ -43,7 +43,8 @@ def _convert(layer):
         if c.get("return_state") or c.get("stateful"):
             raise _core.UnsupportedError(f"from_keras: SimpleRNN '{name}' with return_state/stateful is not supported")
         q = L.SimpleRNN(c["units"], activation=_activation_name(c, layer), use_bias=c["use_bias"],
-                        return_sequences=c["return_sequences"], go_backwards=c["go_backwards"], name=name)
+                        return_sequences=c["return_sequences"], go_backwards=c["go_backwards"], name=name,
+                        unroll=c.get("unroll", False))
         names = ["kernel", "recurrent_kernel", "bias"]
     elif cls == "BatchNormalization":
         axis = c.get("axis", -1)

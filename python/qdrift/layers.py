@@ -238,14 +238,19 @@ class DepthwiseConv2D(Layer):
 
 
 class SimpleRNN(Layer):
+    """unroll only tells qd.convert which graph the TFLite converter writes for the layer: True
+    (qdrift's default) the unrolled chain every profile supports, False (Keras's default) the
+    WHILE loop, which qd.convert emits for tflite_dynamic and tflite_fp16 only. qdrift's own
+    forward pass is the same either way."""
     kind = "simple_rnn"
 
     def __init__(self, units, activation="tanh", use_bias=True, return_sequences=False, go_backwards=False,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
-                 name=None):
+                 name=None, unroll=True):
         super().__init__(name)
         self.units, self.activation, self.use_bias = int(units), _activation(activation), bool(use_bias)
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
+        self.unroll = bool(unroll)
         self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
         self.bias_initializer = bias_initializer
 
@@ -263,7 +268,7 @@ class SimpleRNN(Layer):
 
     def config(self):
         return dict(units=self.units, activation=self.activation, use_bias=self.use_bias,
-                    return_sequences=self.return_sequences, go_backwards=self.go_backwards)
+                    return_sequences=self.return_sequences, go_backwards=self.go_backwards, unroll=self.unroll)
 
     def forward(self, x, q=None, path="auto", taps=None, initial_state=None):
         self._check_input(x)

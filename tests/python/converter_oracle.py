@@ -90,22 +90,55 @@ def calibrated_ranges(calibrated, tm):
 
 def compare_models(ours, theirs, what=""):
     """Same op sequence (shape arithmetic left out), and per op the same tensor types, shapes,
-    scales, zero points and constant data. Returns the number of tensors compared."""
+    scales, zero points and constant data, wired the same way (each activation tensor of ours
+    stands for one of theirs). A WHILE op's cond and body subgraphs are compared the same way,
+    inputs and outputs in order. Returns the number of tensors compared."""
+    return _compare_subgraph(ours, theirs, what, 0)
+
+
+def _shape_arithmetic(tm):
+    """Ops computing a dynamic batch's shapes (SHAPE and the SHAPE_OPS fed by it): left out."""
+    skipped, computed = set(), set()
+    for k, op in enumerate(tm.ops):
+        if op.name in SHAPE_OPS and (op.name == "SHAPE" or any(i in computed for i in op.inputs)):
+            skipped.add(k)
+            computed.update(op.outputs)
+    return skipped
+
+
+def _compare_subgraph(ours, theirs, what, index):
     def constant_dequantize(tm):
         """float16 constants read through DEQUANTIZE (fp16 profile): output id -> constant id. The
         converter puts these ops first in an order of its own; they are compared at their use."""
         return {op.outputs[0]: op.inputs[0] for op in tm.ops
                 if op.name == "DEQUANTIZE" and tm.tensors[op.inputs[0]].data is not None}
 
+    what = (what, f"subgraph {index}") if index else what
     via_a, via_b = constant_dequantize(ours), constant_dequantize(theirs)
-    a = [op for op in ours.ops if op.name not in SHAPE_OPS and op.outputs[0] not in via_a]
-    b = [op for op in theirs.ops if op.name not in SHAPE_OPS and op.outputs[0] not in via_b]
+    skip_a, skip_b = _shape_arithmetic(ours), _shape_arithmetic(theirs)
+    a = [op for k, op in enumerate(ours.ops) if k not in skip_a and op.outputs[0] not in via_a]
+    b = [op for k, op in enumerate(theirs.ops) if k not in skip_b and op.outputs[0] not in via_b]
     assert [op.name for op in a] == [op.name for op in b], (what, [op.name for op in a], [op.name for op in b])
+    # Activation tensors of ours -> theirs (constants may be shared in one file and copied in the other).
+    wiring, wired = {}, {}
+
+    def wire(ia, ib, where):
+        if ia < 0 or ours.tensors[ia].data is not None or ia in via_a:
+            return
+        assert wiring.setdefault(ia, ib) == ib and wired.setdefault(ib, ia) == ia, where + ("wired differently",)
+
+    assert len(ours.inputs) == len(theirs.inputs) and len(ours.outputs) == len(theirs.outputs), \
+        (what, ours.inputs, theirs.inputs, ours.outputs, theirs.outputs)
     n = 0
+    for k, (ia, ib) in enumerate(zip(ours.inputs, theirs.inputs)):
+        ta, tb = ours.tensors[ia], theirs.tensors[ib]
+        assert (ta.dtype, tuple(ta.shape)) == (tb.dtype, tuple(tb.shape)), (what, "input", k, ta, tb)
+        wire(ia, ib, (what, "input", k))
     for k, (oa, ob) in enumerate(zip(a, b)):
         ins_a, ins_b = oa.inputs, ob.inputs
-        if oa.name == "RESHAPE":     # the shape operand: a constant here, computed there
-            ins_a, ins_b = ins_a[:1], ins_b[:1]
+        if oa.name == "RESHAPE" and not (ours.tensors[ins_a[1]].data is not None and
+                                         theirs.tensors[ins_b[1]].data is not None):
+            ins_a, ins_b = ins_a[:1], ins_b[:1]     # the shape operand: a constant here, computed there
         assert len(ins_a) == len(ins_b) and len(oa.outputs) == len(ob.outputs), (what, k, oa.name)
         pairs = list(zip(ins_a, ins_b)) + list(zip(oa.outputs, ob.outputs))
         pairs += [(via_a[ia], via_b[ib]) for ia, ib in zip(ins_a, ins_b) if ia in via_a or ib in via_b]
@@ -126,9 +159,19 @@ def compare_models(ours, theirs, what=""):
                 # float16 / float32 constants compared bit for bit (array_equal on the values
                 # would call -0.0 == 0.0 equal)
                 assert ta.data.tobytes() == tb.data.tobytes(), where + (int(np.sum(ta.data != tb.data)),)
+            wire(ia, ib, where)
             n += 1
         if oa.name not in ("RESHAPE",):
             assert oa.options == ob.options, (what, k, oa.name, oa.options, ob.options)
+        if oa.name == "WHILE":      # same subgraph indices (options above); compare cond and body
+            for sub in (oa.options["cond"], oa.options["body"]):
+                n += _compare_subgraph(ours.subgraphs[sub], theirs.subgraphs[sub], what, sub)
+    for k, (ia, ib) in enumerate(zip(ours.outputs, theirs.outputs)):
+        ta, tb = ours.tensors[ia], theirs.tensors[ib]
+        assert (ta.dtype, tuple(ta.shape)) == (tb.dtype, tuple(tb.shape)), (what, "output", k, ta, tb)
+        wire(ia, ib, (what, "output", k))
+    if index == 0:
+        assert len(getattr(ours, "subgraphs", [ours])) == len(theirs.subgraphs), (what, len(ours.subgraphs), len(theirs.subgraphs))
     return n
 
 
@@ -193,10 +236,21 @@ def random_dense_model(rng):
     return keras.Sequential([keras.Input(shape)] + layers)
 
 
-def random_rnn_model(rng):
+def random_rnn_model(rng, while_loops=False):
+    """A batch-1 SimpleRNN, optionally with a Dense head. while_loops=True: half of them keep
+    Keras's unroll=False (the converter's WHILE loop; float profiles only), and those sometimes
+    return sequences (then Flatten before the Dense) or have 32+ units (U reaches the dynamic
+    range profile's 1024-element threshold). The default draws exactly what it always drew."""
     t, f = int(rng.integers(1, 6)), int(rng.integers(1, 5))
-    layers = [L.SimpleRNN(int(rng.integers(1, 9)), unroll=True, use_bias=bool(rng.random() < 0.8))]
+    unroll, sequences = True, False
+    if while_loops and rng.random() < 0.5:
+        unroll, sequences = False, bool(rng.random() < 0.4)
+        units = int(rng.choice([31, 32, 33, 40])) if rng.random() < 0.3 else int(rng.integers(1, 9))
+        layers = [L.SimpleRNN(units, unroll=False, use_bias=bool(rng.random() < 0.8), return_sequences=sequences)]
+    else:
+        layers = [L.SimpleRNN(int(rng.integers(1, 9)), unroll=True, use_bias=bool(rng.random() < 0.8))]
     if rng.random() < 0.5:
+        layers += [L.Flatten()] if sequences else []
         layers.append(L.Dense(int(rng.integers(1, 5)), activation=_act(rng)))
     return keras.Sequential([keras.Input((t, f), batch_size=1)] + layers)
 
@@ -211,8 +265,12 @@ def randomize_weights(km, rng):
     km.set_weights(ws)
 
 
-def random_model(rng, kind=None):
+def random_model(rng, kind=None, while_loops=False):
+    """while_loops: let RNNs be non-unrolled WHILE loops (see random_rnn_model; float profiles)."""
     kind = kind or str(rng.choice(["image", "image", "dense", "rnn"]))
-    km = {"image": random_image_model, "dense": random_dense_model, "rnn": random_rnn_model}[kind](rng)
+    if kind == "rnn":
+        km = random_rnn_model(rng, while_loops)
+    else:
+        km = {"image": random_image_model, "dense": random_dense_model}[kind](rng)
     randomize_weights(km, rng)
     return kind, km
