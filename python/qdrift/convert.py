@@ -220,7 +220,7 @@ def _lower(model):
                 f"convert: the one-channel bias ADD of dilated '{name}' is folded by the converter into the "
                 f"following VALID '{after.name}' (not reproduced)")
         if isinstance(layer, (L.Dense, L.Conv2D, L.DepthwiseConv2D)):
-            if isinstance(layer, L.Dense) and len(shape_in) != 1:
+            if isinstance(layer, L.Dense) and len(shape_in) != 1 and x != getattr(g, "flattened", None):
                 raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(shape_in) + 1} input (the "
                                              "converter emits FC + RESHAPE + ADD; not supported)")
             if _dilated(layer):
@@ -255,7 +255,11 @@ def _lower(model):
         elif isinstance(layer, L.Activation):
             _add_activation(g, layer.activation, x, name)
         elif isinstance(layer, (L.Flatten, L.Reshape)):
-            prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
+            prev = g.nodes[-1] if g.nodes and x in g.nodes[-1].outputs else None
+            if prev is not None and prev.op == "WHILE" and isinstance(after, L.Dense) \
+                    and g.shapes[x][-1] == layer.output_shape[-1]:
+                g.flattened = x     # (1, 1, U) -> (1, U) before a Dense: the converter drops the RESHAPE
+                continue
             if prev is not None and getattr(prev, "sequence_reshape", False):
                 # The converter folds RESHAPE(RESHAPE(x)): the loop's (T, 1, U) goes straight to this shape.
                 g.nodes.pop()

@@ -175,8 +175,22 @@ def test_int8_inference_io(rng):
 def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
     cal = rng.normal(size=(4, 3, 2)).astype(np.float32)
     loop = keras.Sequential([keras.Input((3, 2), batch_size=1), L.SimpleRNN(4)])
-    with pytest.raises(qd.UnsupportedError, match="unroll=True"):
-        qd.convert(loop, "tflite_int8", calibration=cal)
+    for profile in ("tflite_int8", "tflite_int16x8"):
+        with pytest.raises(qd.UnsupportedError, match="needs unroll=True"):
+            qd.convert(loop, profile, calibration=cal)
+        with pytest.raises(qd.UnsupportedError, match="needs unroll=True"):   # the same layer built in qdrift
+            qd.convert(qd.Sequential([qd.layers.SimpleRNN(4, unroll=False)], (3, 2)), profile, calibration=cal)
+    # The WHILE loop (float profiles): batch 1 only, one loop, tanh, forwards.
+    with pytest.raises(qd.UnsupportedError, match="TensorListReserve"):   # the converter itself fails
+        qd.convert(keras.Sequential([keras.Input((3, 2)), L.SimpleRNN(4)]), "tflite_dynamic")
+    with pytest.raises(qd.UnsupportedError, match="batch 1 only"):
+        qd.convert(keras.Sequential([keras.Input((3, 2), batch_size=2), L.SimpleRNN(4)]), "tflite_fp16")
+    with pytest.raises(qd.UnsupportedError, match="second WHILE"):
+        qd.convert(keras.Sequential([keras.Input((3, 2), batch_size=1), L.SimpleRNN(4, return_sequences=True),
+                                     L.SimpleRNN(2)]), "tflite_fp16")
+    with pytest.raises(qd.UnsupportedError, match="tanh and run forwards"):
+        qd.convert(keras.Sequential([keras.Input((3, 2), batch_size=1), L.SimpleRNN(4, go_backwards=True)]),
+                   "tflite_dynamic")
     bn_alone = keras.Sequential([keras.Input((4,)), L.BatchNormalization()])
     with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
         qd.convert(bn_alone, "tflite_int8", calibration=cal[:, 0, :1].repeat(4, 1))
@@ -206,11 +220,11 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
     converter's on random models, including layers big enough to cross the 1024 threshold; the
     converted model's outputs equal LiteRT's on every kernel path, bit for bit (except the one
     float case qdrift cannot pin down, bounded below)."""
-    quantized = kept_float = 0
+    quantized = kept_float = loops = sequences = one_unit_loops = 0
     worst_head = 0.0
     for trial in range(MODELS):
         while True:
-            kind, km = random_model(rng)
+            kind, km = random_model(rng, while_loops=True)
             if rng.random() < 0.5 and kind != "rnn":     # widen: weights around the 1024 threshold
                 km = _widened(km, rng)
             try:
@@ -226,6 +240,14 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
             _, expected = run_litert(flatbuffer, kernels, x)
             got = ours.run(x, kernels=kernels)
             terms = _one_unit_float_head_terms(ours, x) if kernels == "builtin" else None
+            bound = _one_unit_loop_bound(ours, x) if kernels == "builtin" else None
+            if bound is not None:
+                # A WHILE loop of one unit: its input FULLY_CONNECTED is a one-unit float dot
+                # product, whose order on the builtin path follows the weight buffer's address
+                # (the head case below); bounded through the loop (see _one_unit_loop_bound).
+                assert np.all(np.abs(got.astype(np.float64) - expected) <= bound), (trial, got, expected, bound)
+                one_unit_loops += 1
+                continue
             if terms is None:
                 assert np.array_equal(got, expected), (trial, kernels)
                 continue
@@ -238,19 +260,28 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
             err = np.abs(got.astype(np.float64) - expected).reshape(-1) / (np.finfo(np.float32).eps * terms)
             assert np.all(err <= 4), (trial, err)
             worst_head = max(worst_head, float(err.max()))
-        for t in ours.tensors:
+        for t in (t for sg in ours.subgraphs for t in sg.tensors):
             quantized += int(t.dtype == np.int8)
             kept_float += int(t.dtype == np.float32 and t.data is not None and t.data.size > 1 and
                               "/weights" in t.name)
+        if len(ours.subgraphs) > 1:     # a non-unrolled SimpleRNN: WHILE, cond, body
+            loops += 1
+            sequences += int(any(op.name == "SLICE" for op in ours.subgraphs[2].ops))
     if profile == "tflite_dynamic":
         assert quantized > 20 and kept_float > 20, (quantized, kept_float)   # both sides of 1024 seen
-    print(f"{profile}: worst one-unit float head on the builtin path: {worst_head:.2f} eps * sum|x w|")
+    assert loops >= MODELS // 20 and sequences >= 1, (loops, sequences)   # ~12 loops per 100 models
+    print(f"{profile}: {loops} WHILE loops ({sequences} returning sequences, {one_unit_loops} of one unit bounded "
+          "on the builtin path); "
+          f"worst one-unit float head on the builtin path: {worst_head:.2f} eps * sum|x w|")
 
 
 def _one_unit_float_head_terms(tm, x):
     """sum |x_i w_i| + |b| per batch row of the model's last op when it is a float
-    FULLY_CONNECTED with one output unit (float32 weights, constant or dequantized fp16); else None."""
-    op = tm.ops[-1]
+    FULLY_CONNECTED with one output unit (float32 weights, constant or dequantized fp16); else None.
+    A TANH / LOGISTIC after it (1-Lipschitz) adds 1 for its own rounding (4 eps in the bound)."""
+    op, squash = tm.ops[-1], 0
+    if op.name in ("TANH", "LOGISTIC") and len(tm.ops) > 1:
+        op, squash = tm.ops[-2], 1
     if op.name != "FULLY_CONNECTED" or tm.tensors[op.outputs[0]].shape[-1] != 1:
         return None
     _, taps = tm.run(x, kernels="builtin", taps=True)
@@ -263,7 +294,48 @@ def _one_unit_float_head_terms(tm, x):
         return None
     xin = np.abs(value(op.inputs[0]).astype(np.float64).reshape(x.shape[0], -1))
     b = abs(float(value(op.inputs[2]).ravel()[0])) if op.inputs[2] >= 0 else 0.0
-    return xin @ np.abs(w.astype(np.float64).reshape(-1)) + b
+    return xin @ np.abs(w.astype(np.float64).reshape(-1)) + b + squash
+
+
+def _one_unit_loop_bound(tm, x):
+    """Per output element, a bound on |qdrift - LiteRT| on the builtin path for a WHILE loop of one
+    unit whose input FULLY_CONNECTED sums 2+ products (depth <= 4: its reassociation error is
+    below 4 eps sum|x_i w_i|, bias added after), carried through each step (tanh is 1-Lipschitz,
+    4 eps for its and the recurrent product's rounding, the state's error times |u|) and through
+    a Dense head after the loop (sum |w_j| e_j plus 4 eps of its own terms, |h| <= 1); else None."""
+    if len(tm.subgraphs) < 3:
+        return None
+    body, eps = tm.subgraphs[2], float(np.finfo(np.float32).eps)
+
+    def constant(sg, i):     # a constant's float value (float16 ones through their DEQUANTIZE)
+        t = sg.tensors[i]
+        if t.data is None:
+            i = next(op.inputs[0] for op in sg.ops if op.name == "DEQUANTIZE" and op.outputs[0] == i)
+        return sg.tensors[i].data.astype(np.float64)
+
+    recurrent, projection = [op for op in body.ops if op.name == "FULLY_CONNECTED"]
+    if body.tensors[projection.outputs[0]].shape[-1] != 1 or body.tensors[projection.inputs[0]].shape[-1] < 2:
+        return None
+    w = constant(body, projection.inputs[1]).reshape(-1)
+    u = abs(float(constant(body, recurrent.inputs[1]).ravel()[0]))
+    b = 0.0 if projection.inputs[2] < 0 else abs(float(constant(body, projection.inputs[2]).ravel()[0]))
+    errors, e = [], 0.0
+    for xt in np.asarray(x, np.float64)[0]:
+        e = u * e + 4 * eps * (float(np.abs(xt * w).sum()) + b) + 4 * eps * (1 + u)
+        errors.append(e)
+    sequences = any(op.name == "SLICE" for op in body.ops)
+    e = np.array(errors if sequences else errors[-1:])
+    after = [op for op in tm.ops[[op.name for op in tm.ops].index("WHILE") + 1:]
+             if op.name not in ("DEQUANTIZE", "RESHAPE", "STRIDED_SLICE")]
+    for op in after:
+        if op.name in ("TANH", "LOGISTIC"):
+            e = e + 4 * eps
+            continue
+        assert op.name == "FULLY_CONNECTED", op.name   # the only other op random_rnn_model puts after it
+        wh = constant(tm, op.inputs[1]).reshape(-1, e.size)
+        bh = np.zeros(wh.shape[0]) if op.inputs[2] < 0 else np.abs(constant(tm, op.inputs[2]).reshape(-1))
+        e = np.abs(wh) @ e + 4 * eps * (np.abs(wh).sum(axis=1) + bh)
+    return e.reshape(1, -1)
 
 
 def _widened(km, rng):
@@ -332,12 +404,21 @@ def _canonical_models():
             (rnn, np.ones((1, 5, 1), np.float32))]
 
 
+def _canonical_while_rnn():
+    """The canonical RNN with Keras's default unroll=False: the converter's WHILE loop."""
+    rnn = keras.Sequential([keras.Input((5, 1), batch_size=1), L.SimpleRNN(4, use_bias=False)])
+    rnn.set_weights([np.ones((1, 4), np.float32), np.ones((4, 4), np.float32)])
+    return rnn, np.ones((1, 5, 1), np.float32)
+
+
 @pytest.mark.parametrize("profile", ["tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
 def test_canonical_examples_other_profiles(rng, profile):
-    """The three canonical models under the other profiles: the converter's parameters exactly
-    (int16x8 from the calibrator's ranges, with a random and with the example's own calibration),
-    and LiteRT's outputs on every kernel path."""
-    for km, x in _canonical_models():
+    """The three canonical models under the other profiles (the RNN also as a WHILE loop under
+    tflite_dynamic and tflite_fp16): the converter's parameters exactly (int16x8 from the
+    calibrator's ranges, with a random and with the example's own calibration), and LiteRT's
+    outputs on every kernel path."""
+    models = _canonical_models() + ([] if profile == "tflite_int16x8" else [_canonical_while_rnn()])
+    for km, x in models:
         for cal in (rng.uniform(0, 2, (4,) + x.shape[1:]).astype(np.float32), x):
             flatbuffer, calibrated = convert_with_tf(km, profile, cal)
             if profile == "tflite_int16x8":
