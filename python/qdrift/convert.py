@@ -21,10 +21,35 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     DEPTHWISE_CONV_2D always get one (zeros when the layer has none).
   - Flatten / Reshape become RESHAPE (the converter computes the shape with SHAPE, STRIDED_SLICE
     and PACK ops for a dynamic batch; those are left out: they do not touch the data).
-  - SimpleRNN (tanh, batch size 1, last output) is unrolled: RESHAPE (T, 1, F), UNPACK, then per
-    step FC(h, U) [from step 1], FC(x_t, W, b), ADD(input part, recurrent part), TANH. The real
-    converter segfaults on the non-unrolled (WHILE) int8 form, so a Keras SimpleRNN needs
-    unroll=True.
+  - SimpleRNN (tanh, batch size 1, last output) with unroll=True is unrolled: RESHAPE (T, 1, F),
+    UNPACK, then per step FC(h, U) [from step 1], FC(x_t, W, b), ADD(input part, recurrent part),
+    TANH. The real converter segfaults on the non-unrolled (WHILE) int8 form, so the full-integer
+    profiles need unroll=True.
+  - A SimpleRNN with unroll=False (Keras's default; tanh, forwards, batch 1) under tflite_dynamic
+    and tflite_fp16 is a WHILE loop over three subgraphs (read from TF 2.21 files):
+      main: RESHAPE (1, T, F) -> (T, 1, F) (none when T = 1); WHILE(int32 0, int32 0, zeros list
+        (R, 1, U), zeros h (1, U), x) -> 5 outputs, cond = subgraph 1, body = 2, where R = 1 for
+        the last output and R = T with return_sequences; then STRIDED_SLICE(list, begin
+        [-1, 0, 0], end [0, 1, U], strides [1, 1, 1], begin_mask 6, end_mask 6, shrink 1) ->
+        (1, U), or with return_sequences RESHAPE (T, 1, U) -> (1, T, U) (none when T = 1), which
+        a Flatten after it replaces (RESHAPE (T, 1, U) -> (1, T U) directly); a Flatten of
+        (1, 1, U) before a Dense is dropped (the FC reads (1, 1, U)).
+      cond (args step, time, list, h, x): LESS(time, T), LESS(step, T), LOGICAL_AND(second, first).
+      body: ADD(time, 1), ADD(step, 1) (one int32 scalar 1), FC(h, U) without bias,
+        GATHER(x, time, axis 0) -> (1, F), FC(x_t, W, b), ADD(input part, recurrent part), TANH;
+        last output: RESHAPE(h) -> (1, 1, U) is the new list; return_sequences: the list becomes
+        CONCATENATION(SLICE(list, [0,0,0], [time,-1,-1]), RESHAPE(h) (1, 1, U), SLICE(list,
+        [time+1,0,0], [-1,-1,-1])), the indices built by RESHAPE(counter) -> (1,) and
+        CONCATENATION with [-1, -1] / [0, 0]; the file declares the slices (1, 1, 1) and
+        (1, 1, U). Body outputs (step+1, time+1, list, h, x).
+    Constants follow the profile inside the body too: dynamic range quantizes W^T / U^T with
+    1024+ elements (per channel; that FC gets asymmetric_quantize_inputs), the bias and the
+    zeros stay float32; fp16 stores every float constant as float16 behind a DEQUANTIZE in the
+    subgraph that reads it (the body opens with bias, W, U; main holds the zeros' ones). A
+    dynamic batch fails in the converter itself (TensorListReserve needs a static element
+    shape); a static batch N > 1 (TRANSPOSE instead of RESHAPE) is not emitted
+    (UnsupportedError). Stacked loops: a loop returning sequences hands its (T, 1, U) list to the
+    next WHILE directly (no RESHAPE between), whose cond / body are subgraphs 3 and 4.
   - A dilated Conv2D / DepthwiseConv2D (dilation_rate > 1 on some axis; Keras then requires
     strides 1) becomes SPACE_TO_BATCH_ND (block = dilation, int32 paddings) -> the convolution
     with dilation 1, VALID, and a zero bias -> BATCH_TO_SPACE_ND (int32 crops) -> ADD of the
@@ -379,11 +404,16 @@ def _lower_rnn_while(g, layer, x):
     if layer.activation != "tanh" or layer.go_backwards:
         raise _core.UnsupportedError(f"convert: SimpleRNN '{name}' (WHILE loop) must use tanh and run forwards "
                                      "(other forms are not emitted)")
-    if any(n.op == "WHILE" for n in g.nodes):
-        raise _core.UnsupportedError(f"convert: SimpleRNN '{name}' is a second WHILE loop; qd.convert emits one "
-                                     "non-unrolled SimpleRNN per model")
-    t, f = g.shapes[x][1:]
-    if t > 1:
+    prev = g.nodes[-1] if g.nodes and x in g.nodes[-1].outputs else None
+    if prev is not None and getattr(prev, "sequence_reshape", False) and x == g.last:
+        # After another loop's sequences: its (T, 1, U) list feeds this loop directly (the
+        # converter cancels RESHAPE (1, T, U) against this loop's RESHAPE (T, 1, U)).
+        g.nodes.pop()
+        x = prev.inputs[0]
+        t, f = g.shapes[x][0], g.shapes[x][2]
+    else:
+        t, f = g.shapes[x][1:]
+    if t > 1 and g.shapes[x] != (t, 1, f):
         g.add(_Node("RESHAPE", [x], [f"{name}/time_major"]), [(t, 1, f)])
         x = f"{name}/time_major"
     rows = t if layer.return_sequences else 1       # the output list keeps only what is read after the loop
