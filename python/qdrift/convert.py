@@ -397,9 +397,10 @@ def _lower_rnn(g, layer, x):
 
 def _lower_rnn_while(g, layer, x):
     """The converter's non-unrolled SimpleRNN (batch 1): RESHAPE (1, T, F) -> (T, 1, F) (left out
-    when T = 1), WHILE over cond / body subgraphs (built by _while_subgraphs) carrying (step, step,
-    output list, h, x), then the output list's last row (STRIDED_SLICE) or, for
-    return_sequences, RESHAPE (T, 1, U) -> (1, T, U) (left out when T = 1)."""
+    when T = 1 or when another loop's (T, 1, U) sequences come in), WHILE over cond / body
+    subgraphs (built by _emit_while) carrying (step, time, output list, h, x), then the output
+    list's last row (STRIDED_SLICE) or, for return_sequences, RESHAPE (T, 1, U) -> (1, T, U)
+    (left out when T = 1)."""
     name = layer.name
     if layer.activation != "tanh" or layer.go_backwards:
         raise _core.UnsupportedError(f"convert: SimpleRNN '{name}' (WHILE loop) must use tanh and run forwards "
