@@ -213,7 +213,7 @@ void mul_int8(MulKernel kernel, const std::int8_t* a, const std::int8_t* b, std:
                ConfigError, "mul_int8: scales must be finite and positive");
   RequantParams rq;
   if (kernel == MulKernel::kTflite) {
-    // mul.cc Prepare: the real multiplier in double.
+    // mul.cc Prepare: the real multiplier in float32 (scale * scale / scale on the float fields).
     const QuantizedMultiplier m =
         quantize_multiplier(static_cast<double>(a_scale * b_scale / out_scale));
     rq.method = RequantMethod::kGemmlowp;

@@ -431,6 +431,14 @@ def calibrate(g, calibration):
         if n.op == "ADD" and n.bias is None:
             a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
             ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
+    # A BatchNormalization's MUL and ADD (constant operands) run in place as well, except where
+    # input 0 is the graph input or the output is the graph output (the arena shares neither).
+    products = {n.outputs[0] for n in g.nodes if n.op == "MUL"}
+    for n in g.nodes:
+        if (n.op == "MUL" or n.op == "ADD" and n.inputs[0] in products) and n.inputs[0] != "input" \
+                and n.outputs[0] != g.last:
+            a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
+            ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
     return ranges
 
 
@@ -616,11 +624,12 @@ def _full_integer(g, profile, ranges, inference_io):
                 in_ids.append(bid if bkey is None else constants[bkey])
             else:
                 in_ids.append(-1)
-        if n.op == "ADD" and n.bias is not None:   # a constant operand, quantized like an activation
+        if n.op in ("ADD", "MUL") and n.bias is not None:   # a constant operand, quantized like an activation
             sb, zb = _int_activation(profile, float(n.bias.min()), float(n.bias.max()))
             lim = np.iinfo(act_dtype)
             codes = np.clip(_round_half_away(n.bias / f32(sb)) + zb, lim.min, lim.max).astype(act_dtype)
-            in_ids.append(b.tensor(f"{n.outputs[0]}/bias", act_dtype, n.bias.shape, sb, zb, codes))
+            what = "bias" if n.op == "ADD" else "multiplier"
+            in_ids.append(b.tensor(f"{n.outputs[0]}/{what}", act_dtype, n.bias.shape, sb, zb, codes))
         _data_constants(b, n, g, in_ids)
         b.op(n.op, in_ids, out_ids, _file_options(n, n.options, profile))
         ids.update(zip(n.outputs, out_ids))
@@ -715,9 +724,6 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
         return _float_weights(g, profile)
-    if any(n.op == "MUL" for n in g.nodes):
-        raise _core.UnsupportedError(f"convert: {profile}: a BatchNormalization not folded into a layer becomes "
-                                     "MUL + ADD, which qd.convert emits only for tflite_dynamic and tflite_fp16")
     if profile == "tflite_int16x8" and inference_io != "float":
         raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
     found = {} if calibration is None else calibrate(g, calibration)

@@ -12,7 +12,7 @@ What each path computes (XNNPACK takes no int16 op, so "xnnpack" always equals "
 | CONV_2D, int32 b         | gemmlowp double rounding       | ruy (groups == 1), gemmlowp (groups > 1) |
 | DEPTHWISE_CONV_2D        | int64 bias only (16-bit reduced multiplier); LiteRT rejects int32 bias    |
 | ADD                      | inputs << 15, gemmlowp rescaling (the same on both)                       |
-| MUL                      | a * b in int32, gemmlowp rescaling by (double)s_a * s_b / s_out (both)    |
+| MUL                      | a * b in int32, gemmlowp rescaling by f32(f32(s_a * s_b) / s_out) (both)  |
 | TANH / LOGISTIC          | interpolated sigmoid table (the same on both, unless the input scale is a |
 |                          | power of two within 1e-3 in log2: then builtin runs gemmlowp fixed point) |
 | QUANTIZE float -> int16  | RHA(f32(x / s))                | blocks of 8: RNE(f32(x * f32(1/s))), tail RHA(x / (double)s) |

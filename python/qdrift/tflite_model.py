@@ -164,7 +164,7 @@ class TFLiteModel:
                                   float(t_out.scale[0]), int(t_out.zero_point[0]),
                                   kernel="xnnpack" if kernels == "xnnpack" else "tflite", act_min=lo, act_max=hi)
         if op.name == "MUL":
-            # reference and builtin: gemmlowp rescaling by (double)s_a * s_b / s_out; XNNPACK: fp32 vmul.
+            # reference and builtin: gemmlowp rescaling by f32(f32(s_a * s_b) / s_out); XNNPACK: fp32 vmul.
             t_b = self.tensors[op.inputs[1]]
             b = values[op.inputs[1]] if op.inputs[1] in values else t_b.data
             act = _ACTIVATIONS.get(op.options.get("activation", 0))

@@ -76,7 +76,8 @@ void add_int8(AddKernel kernel, const std::int8_t* a, const std::int8_t* b, std:
 
 // int8 MUL (same shapes; callers broadcast a constant operand): acc = (a - zp_a) * (b - zp_b),
 // exact in int32. kTflite (the reference and the builtin x86 kernels): gemmlowp
-// MultiplyByQuantizedMultiplier with the multiplier of (double)s_a * s_b / s_out, + zp_out, clamp.
+// MultiplyByQuantizedMultiplier with the multiplier of f32(f32(s_a * s_b) / s_out) (mul.cc's Prepare
+// computes it in float32; the double product differs at near-ties, measured), + zp_out, clamp.
 // kXnnpack: XNNPACK's qs8 vmul fp32 rule, RNE(f32(acc) * f32(f32(s_a * s_b) / s_out)) clamped in
 // float to [act_min - zp_out, act_max - zp_out], + zp_out. ConfigError unless the scales are
 // finite and positive.

@@ -35,7 +35,7 @@ void add_int16(const std::int16_t* a, const std::int16_t* b, std::size_t n, floa
                float out_scale, std::int32_t act_min, std::int32_t act_max, std::int16_t* y);
 
 // int16 MUL (zero points 0; callers broadcast): acc = a * b in int32 (|acc| <= 2^30), gemmlowp MultiplyByQuantizedMultiplier with the
-// multiplier of (double)s_a * s_b / s_out, clamp to [act_min, act_max]. The reference and builtin
+// multiplier of f32(f32(s_a * s_b) / s_out) (float32, as for int8), clamp to [act_min, act_max]. The reference and builtin
 // kernels both run this (reference_integer_ops::Mul); XNNPACK takes no int16 op.
 void mul_int16(const std::int16_t* a, const std::int16_t* b, std::size_t n, float a_scale, float b_scale,
                float out_scale, std::int32_t act_min, std::int32_t act_max, std::int16_t* y);
