@@ -148,7 +148,7 @@ def _maybe_bn_and_act(rng, layers, act_in_layer):
         a = _act(rng)
         layers.append(L.ReLU() if a == "relu" and rng.random() < 0.5 else L.Activation(a))
     if not isinstance(layers[-1], L.BatchNormalization) and rng.random() < 0.15:
-        # not folded: MUL + ADD in the file (qd.convert: float profiles only)
+        # not folded: MUL + ADD in the file
         layers.append(L.BatchNormalization(epsilon=float(rng.choice([1e-3, 1e-5]))))
 
 
