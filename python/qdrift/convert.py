@@ -7,11 +7,12 @@ reading the files (tests/python/test_convert.py checks every one against the rea
   - BatchNormalization right after a Dense/Conv2D/DepthwiseConv2D without activation is folded
     into its constants in float32 with TF's Rsqrt kernel: m = rsqrt(var + eps) * gamma,
     W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL(x, m) +
-    ADD(beta - mean * m) with (C,) constants: emitted for tflite_dynamic (float32 constants) and
-    tflite_fp16 (float16 through DEQUANTIZE); the full-integer profiles raise UnsupportedError
-    (qdrift has no int8 MUL), as do a BatchNormalization after a dilated convolution or another
-    BatchNormalization, and one right before a Dense (or, with one channel, a Conv): the converter folds
-    MUL + ADD into that layer's constants.
+    ADD(beta - mean * m) with (C,) constants: float32 constants for tflite_dynamic, float16 through
+    DEQUANTIZE for tflite_fp16, and on the full-integer profiles both constants quantized like an
+    activation over their own [min, max] (int8 asymmetric per tensor, int16 symmetric), the MUL's
+    and ADD's outputs from calibration. UnsupportedError: a BatchNormalization after a dilated
+    convolution or another BatchNormalization, and one right before a Dense (or, with one channel,
+    a Conv): the converter folds MUL + ADD into that layer's constants.
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
     BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
     reproduce: UnsupportedError.
@@ -43,7 +44,9 @@ picks Eigen's summation order) through tflite_float's "tf_builtin" kernels, the 
 wheel's builtin optimized float kernels that the calibrator runs (not LiteRT's: the wheel's Eigen
 has AVX packets; see hybrid.h), keeps each tensor's global min/max, starting from
 (FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every ADD by ADD's output
-(LiteRT runs ADD in place and the calibrator logs inputs after the op). Not reproduced: a
+(LiteRT runs ADD in place and the calibrator logs inputs after the op); likewise for MUL and ADD
+with a constant operand, unless input 0 is the graph input or the output the graph output.
+Not reproduced: a
 FULLY_CONNECTED with one output unit (Eigen's dot product, whose AVX order is unknown) and which
 ADD input the arena shares on some unrolled RNNs, so a scale can still differ from the file's;
 pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
@@ -431,12 +434,11 @@ def calibrate(g, calibration):
         if n.op == "ADD" and n.bias is None:
             a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
             ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
-    # A BatchNormalization's MUL and ADD (constant operands) run in place as well, except where
-    # input 0 is the graph input or the output is the graph output (the arena shares neither).
-    products = {n.outputs[0] for n in g.nodes if n.op == "MUL"}
+    # MUL and ADD with a constant operand (an unfolded BatchNormalization, a dilated convolution's
+    # bias) run in place as well, except where input 0 is the graph input or the output is the
+    # graph output (the arena shares neither).
     for n in g.nodes:
-        if (n.op == "MUL" or n.op == "ADD" and n.inputs[0] in products) and n.inputs[0] != "input" \
-                and n.outputs[0] != g.last:
+        if n.op in ("MUL", "ADD") and n.bias is not None and n.inputs[0] != "input" and n.outputs[0] != g.last:
             a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
             ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
     return ranges
