@@ -10,9 +10,10 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     ADD(beta - mean * m) with (C,) constants: float32 constants for tflite_dynamic, float16 through
     DEQUANTIZE for tflite_fp16, and on the full-integer profiles both constants quantized like an
     activation over their own [min, max] (int8 asymmetric per tensor, int16 symmetric), the MUL's
-    and ADD's outputs from calibration. UnsupportedError: a BatchNormalization after a dilated
-    convolution or another BatchNormalization, and one right before a Dense (or, with one channel,
-    a Conv): the converter folds MUL + ADD into that layer's constants.
+    and ADD's outputs from calibration. This includes a BatchNormalization after a dilated
+    convolution (whose bias is a separate ADD) or after another unfolded one (two MUL + ADD pairs).
+    UnsupportedError: one right before a Dense (or, with one channel, a Conv): the converter folds
+    MUL + ADD into that layer's constants.
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
     BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
     reproduce: UnsupportedError.
@@ -34,8 +35,8 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     nothing; then the end grows by e = (-(size + pads)) % d so the block divides it, and the
     crops are (0, e). The quantizer gives both data-movement ops their input's parameters and
     quantizes the ADD's constant like an activation over [min(b), max(b)] (int8 asymmetric per
-    tensor, int16 symmetric). A relu with no bias becomes a separate RELU op and a
-    BatchNormalization after a dilated convolution is not folded (MUL + ADD): UnsupportedError.
+    tensor, int16 symmetric). A relu with no bias becomes a separate RELU op: UnsupportedError.
+    A BatchNormalization after a dilated convolution is not folded (MUL + ADD).
   - int8 (MLIR quantizer): a bias that would exceed INT32_MAX / 2 enlarges that channel's weight
     scale (SetBiasParamsWithAdjustments); int16x8 (old quantizer): AdjustWeightsForBiasScale,
     and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
@@ -150,12 +151,10 @@ def _merge(layers):
         prev = out[-1] if out else None
         linear = isinstance(prev, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) and prev.activation == "linear"
         if isinstance(layer, L.BatchNormalization):
-            if _dilated(prev) or isinstance(prev, L.BatchNormalization):
-                raise _core.UnsupportedError(
-                    f"convert: BatchNormalization '{layer.name}' after a dilated convolution or another "
-                    "BatchNormalization; the converter's MUL + ADD there is not reproduced")
-            if not linear:
-                out.append(layer)    # MUL + ADD (see _lower)
+            # After a dilated convolution (its bias is a separate ADD) or an unfolded
+            # BatchNormalization the converter keeps MUL + ADD (see _lower).
+            if not linear or _dilated(prev):
+                out.append(layer)
                 continue
             out[-1] = _fold(prev, layer)
             out[-1].name = prev.name
@@ -629,7 +628,10 @@ def _full_integer(g, profile, ranges, inference_io):
         if n.op in ("ADD", "MUL") and n.bias is not None:   # a constant operand, quantized like an activation
             sb, zb = _int_activation(profile, float(n.bias.min()), float(n.bias.max()))
             lim = np.iinfo(act_dtype)
-            codes = np.clip(_round_half_away(n.bias / f32(sb)) + zb, lim.min, lim.max).astype(act_dtype)
+            # int8 (MLIR quantizer): RHA(f32(b / s)); int16 (the old quantizer's
+            # SymmetricQuantizeFloatsToInt16): RHA(f32(b * f32(1 / (double)s))), which differs at near-ties.
+            scaled = n.bias / f32(sb) if act_dtype == np.int8 else n.bias * f32(1.0 / float(f32(sb)))
+            codes = np.clip(_round_half_away(scaled.astype(f32)) + zb, lim.min, lim.max).astype(act_dtype)
             what = "bias" if n.op == "ADD" else "multiplier"
             in_ids.append(b.tensor(f"{n.outputs[0]}/{what}", act_dtype, n.bias.shape, sb, zb, codes))
         _data_constants(b, n, g, in_ids)

@@ -180,9 +180,6 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
     loop = keras.Sequential([keras.Input((3, 2), batch_size=1), L.SimpleRNN(4)])
     with pytest.raises(qd.UnsupportedError, match="unroll=True"):
         qd.convert(loop, "tflite_int8", calibration=cal)
-    dilated_bn = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2), L.BatchNormalization()])
-    with pytest.raises(qd.UnsupportedError, match="MUL \\+ ADD"):
-        qd.convert(dilated_bn, "tflite_int8", calibration=np.ones((1, 6, 6, 1), np.float32))
     dilated_relu = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2, use_bias=False,
                                                                      activation="relu")])
     with pytest.raises(qd.UnsupportedError, match="separate RELU"):

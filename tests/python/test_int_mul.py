@@ -103,7 +103,8 @@ def test_mul_bindings_reject_bad_arguments():
 def _bn_models(rng):
     """BatchNormalization that the converter does not fold: alone, first (before a Conv2D), after
     a tanh Dense, after a relu Dense / Conv2D (its MUL runs in place over the relu's buffer, so the
-    calibrator's relu range covers the product), before a sigmoid and before Flatten -> Dense."""
+    calibrator's relu range covers the product), before a sigmoid, before Flatten -> Dense, after
+    another unfolded one and after a dilated convolution."""
     specs = [((5,), [L.BatchNormalization()]),
              ((1,), [L.BatchNormalization(epsilon=1e-5)]),
              ((4, 4, 3), [L.BatchNormalization(epsilon=1e-5), L.Conv2D(2, 2)]),
@@ -112,7 +113,15 @@ def _bn_models(rng):
              ((6, 5, 2), [L.Conv2D(3, 2, padding="same", activation="relu"), L.BatchNormalization(),
                           L.Activation("sigmoid"), L.Flatten(), L.Dense(2)]),
              ((6, 5, 2), [L.Conv2D(3, 2, padding="same", activation="relu6"), L.BatchNormalization(), L.Flatten(),
-                          L.Dense(2)])]
+                          L.Dense(2)]),
+             # two unfolded in a row stay two MUL + ADD pairs; after a dilated convolution (whose
+             # bias is an ADD of its own, or absent) the BatchNormalization is not folded either
+             ((6,), [L.Dense(5, activation="relu"), L.BatchNormalization(), L.BatchNormalization(epsilon=1e-5)]),
+             ((7, 7, 2), [L.Conv2D(3, 3, dilation_rate=2, padding="same"), L.BatchNormalization()]),
+             ((7, 7, 2), [L.Conv2D(3, 3, dilation_rate=2, padding="valid", activation="relu", use_bias=True),
+                          L.BatchNormalization(), L.Flatten(), L.Dense(3)]),
+             ((7, 6, 2), [L.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False),
+                          L.BatchNormalization(), L.Activation("sigmoid")])]
     for shape, layers in specs:
         km = keras.Sequential([keras.Input(shape)] + layers)
         randomize_weights(km, rng)
@@ -137,6 +146,22 @@ def test_unfolded_batch_norm_full_integer(rng, profile):
         compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
         compare_models(by_qdrift, ours, (km.name, profile, "own calibration"))
         x = rng.normal(size=(3,) + shape).astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+
+
+@pytest.mark.parametrize("profile", ["tflite_dynamic", "tflite_fp16"])
+def test_unfolded_batch_norm_chains_float_profiles(rng, profile):
+    """The chains (BatchNormalization after an unfolded one or a dilated convolution, the last
+    four models; the others are in test_convert.py) on the float-weight profiles (float MUL + ADD):
+    the converter's file bit for bit and LiteRT's outputs on every path."""
+    for km in list(_bn_models(rng))[-4:]:
+        shape = km.input_shape[1:]
+        flatbuffer, _ = convert_with_tf(km, profile)
+        ours = qd.convert(km, profile)
+        compare_models(ours, qd.from_tflite(flatbuffer), (km.name, profile))
+        x = rng.normal(size=(2,) + shape).astype(np.float32)
         for kernels in RESOLVERS:
             _, expected = run_litert(flatbuffer, kernels, x)
             assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
