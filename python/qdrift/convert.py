@@ -13,7 +13,7 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     and ADD's outputs from calibration. This includes a BatchNormalization after a dilated
     convolution (whose bias is a separate ADD) or after another unfolded one (two MUL + ADD pairs).
     UnsupportedError: one right before a Dense (or, with one channel, a Conv): the converter folds
-    MUL + ADD into that layer's constants.
+    MUL + ADD into that layer's constants. A relu / relu6 right after it fuses into the ADD.
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
     BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
     reproduce: UnsupportedError.
@@ -159,6 +159,12 @@ def _merge(layers):
             out[-1] = _fold(prev, layer)
             out[-1].name = prev.name
             out[-1].bn_folded = True
+            continue
+        if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") \
+                and isinstance(prev, L.BatchNormalization) and not hasattr(prev, "fused_activation"):
+            fused = copy.copy(prev)      # an unfolded BatchNormalization: the relu fuses into its ADD
+            fused.fused_activation = layer.activation
+            out[-1] = fused
             continue
         if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") and linear:
             fused = copy.copy(prev)
@@ -318,7 +324,8 @@ def _lower_batch_norm(g, bn, x, after):
     m = (_rsqrt((w["moving_variance"] + f32(bn.epsilon)).astype(f32)) * w["gamma"]).astype(f32)
     shift = (w["beta"] - w["moving_mean"] * m).astype(f32)
     g.add(_Node("MUL", [x], [f"{name}/mul"], bias=m, options=dict(activation=0)), [g.shapes[x]])
-    g.add(_Node("ADD", [f"{name}/mul"], [name], bias=shift, options=dict(activation=0)), [g.shapes[x]])
+    act = _FUSED[getattr(bn, "fused_activation", "linear")]
+    g.add(_Node("ADD", [f"{name}/mul"], [name], bias=shift, options=dict(activation=act)), [g.shapes[x]])
 
 
 def _add_activation(g, activation, x, name):

@@ -104,7 +104,8 @@ def _bn_models(rng):
     """BatchNormalization that the converter does not fold: alone, first (before a Conv2D), after
     a tanh Dense, after a relu Dense / Conv2D (its MUL runs in place over the relu's buffer, so the
     calibrator's relu range covers the product), before a sigmoid, before Flatten -> Dense, after
-    another unfolded one and after a dilated convolution."""
+    another unfolded one, after a dilated convolution, and with a relu / relu6 (fused into the ADD)
+    after it."""
     specs = [((5,), [L.BatchNormalization()]),
              ((1,), [L.BatchNormalization(epsilon=1e-5)]),
              ((4, 4, 3), [L.BatchNormalization(epsilon=1e-5), L.Conv2D(2, 2)]),
@@ -121,7 +122,10 @@ def _bn_models(rng):
              ((7, 7, 2), [L.Conv2D(3, 3, dilation_rate=2, padding="valid", activation="relu", use_bias=True),
                           L.BatchNormalization(), L.Flatten(), L.Dense(3)]),
              ((7, 6, 2), [L.DepthwiseConv2D(3, dilation_rate=2, padding="same", use_bias=False),
-                          L.BatchNormalization(), L.Activation("sigmoid")])]
+                          L.BatchNormalization(), L.Activation("sigmoid")]),
+             # a relu / relu6 after it fuses into the ADD
+             ((6,), [L.Dense(5, activation="tanh"), L.BatchNormalization(), L.ReLU(), L.BatchNormalization(),
+                     L.Activation("relu6")])]
     for shape, layers in specs:
         km = keras.Sequential([keras.Input(shape)] + layers)
         randomize_weights(km, rng)
@@ -153,10 +157,10 @@ def test_unfolded_batch_norm_full_integer(rng, profile):
 
 @pytest.mark.parametrize("profile", ["tflite_dynamic", "tflite_fp16"])
 def test_unfolded_batch_norm_chains_float_profiles(rng, profile):
-    """The chains (BatchNormalization after an unfolded one or a dilated convolution, the last
-    four models; the others are in test_convert.py) on the float-weight profiles (float MUL + ADD):
-    the converter's file bit for bit and LiteRT's outputs on every path."""
-    for km in list(_bn_models(rng))[-4:]:
+    """The chains (the last five models: after an unfolded BatchNormalization or a dilated
+    convolution, with a fused relu; the others are in test_convert.py) on the float-weight
+    profiles (float MUL + ADD): the converter's file bit for bit and LiteRT's outputs on every path."""
+    for km in list(_bn_models(rng))[-5:]:
         shape = km.input_shape[1:]
         flatbuffer, _ = convert_with_tf(km, profile)
         ours = qd.convert(km, profile)
