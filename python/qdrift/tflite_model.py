@@ -1,7 +1,8 @@
 """qd.from_tflite: the exact quantized model a .tflite file holds, run on any LiteRT kernel path.
 
-Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and RESHAPE with
-int8 activations, int8 weights and int32 biases (the full-integer profile). The file is read with
+Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D, RESHAPE, ADD, MUL
+(broadcasting), TANH, LOGISTIC and UNPACK with int8 activations, int8 weights and int32 biases (the
+full-integer profile). The file is read with
 the `tflite` package (flatbuffers bindings of the TFLite schema). Ops on int16 activations (the
 int16x8 profile) run through qdrift.tflite_int16; float32, float16-weight and dynamic-range ops,
 shape arithmetic and WHILE loops run in qdrift.tflite_float."""
