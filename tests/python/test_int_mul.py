@@ -30,12 +30,17 @@ def _mul_file(profile, activation, rng):
 
 
 def _scales(rng, trial):
-    """(s_a, s_b, s_out): a random ratio s_a s_b / s_out in [2^-14, 2^3], or every third trial
-    powers of two with an exact ratio 2^k (ties on every path: acc * 2^k ends in .5)."""
+    """(s_a, s_b, s_out) with a random ratio s_a s_b / s_out in [2^-14, 2^3]; every third trial
+    powers of two with the exact ratio 2^k (ties on every path: acc * 2^k ends in .5); every
+    third random s_a, s_b with s_out = f32(s_a s_b) / 2^k, whose float32 ratio is exactly 2^k
+    (ties) and whose double ratio is not."""
+    k = int(rng.integers(-6, 2))
     if trial % 3 == 0:
-        ea, eb, k = int(rng.integers(-10, -1)), int(rng.integers(-10, -1)), int(rng.integers(-6, 2))
+        ea, eb = int(rng.integers(-10, -1)), int(rng.integers(-10, -1))
         return 2.0 ** ea, 2.0 ** eb, 2.0 ** (ea + eb - k)
     sa, sb = np.float32(2.0 ** rng.uniform(-12, 0)), np.float32(2.0 ** rng.uniform(-12, 0))
+    if trial % 3 == 1:
+        return float(sa), float(sb), float(np.float32(sa * sb) / np.float32(2.0 ** k))
     return float(sa), float(sb), float(np.float32(sa * sb / 2.0 ** rng.uniform(-14, 3)))
 
 
@@ -47,7 +52,7 @@ def test_mul_kernel_equals_litert_on_every_path(rng, profile):
     takes no int16 op). Exhaustive input codes per channel, random constants and zero points."""
     dtype = np.int8 if profile == "tflite_int8" else np.int16
     lim = np.iinfo(dtype)
-    ties = saturated = path_differs = clamped = 0
+    ties = saturated = path_differs = clamped = double_differs = 0
     for activation in _ACT:
         flatbuffer, op = _mul_file(profile, activation, rng)
         (ia, ib), (io,) = op.inputs, op.outputs
@@ -69,19 +74,30 @@ def test_mul_kernel_equals_litert_on_every_path(rng, profile):
                 x = rng.integers(lim.min, lim.max + 1, (256, CHANNELS)).astype(dtype)
                 x[:2] = [[lim.min], [lim.max]]
             acc = (x.astype(np.int64) - zps[0]) * (b.astype(np.int64) - zps[1])
-            exact = acc * (sa * sb / so)           # exact for the power-of-two trials
-            ties += int(trial % 3 == 0 and np.any(exact % 1 == 0.5))
+            exact = acc * float(np.float32(np.float32(sa) * np.float32(sb)) / np.float32(so))   # the kernels' ratio
+            ties += int(trial % 3 != 2 and np.any(exact % 1 == 0.5))
             got = {}
             for kernels in RESOLVERS:
                 _, expected = run_litert(f, kernels, x)
                 got[kernels] = tm.run(x, kernels=kernels)
                 assert np.array_equal(got[kernels], expected), \
                     (profile, activation, trial, kernels, (sa, sb, so), zps, b, np.argwhere(got[kernels] != expected)[:5])
+            if activation == "linear":
+                # The same rule with the multiplier computed in double, as tflite-semantics.md's
+                # other ops do, is a different answer on some files: the float32 product matters.
+                m, shift = qd.quantize_multiplier(sa * sb / so)
+                doubled = qd.requantize(acc.astype(np.int32), m, shift, method="gemmlowp", zero_point=zps[2],
+                                        qmin=int(lim.min), qmax=int(lim.max))
+                double_differs += int(not np.array_equal(doubled, got["reference"]))
             saturated += int(np.any((got["reference"] == lim.min) | (got["reference"] == lim.max)))
             path_differs += int(not np.array_equal(got["reference"], got["xnnpack"]))
             unclamped = np.clip(np.round(exact) + zps[2], lim.min, lim.max)
             clamped += int(activation != "linear" and np.any(got["reference"] > unclamped + 1))
-    assert ties >= TRIALS // 2 and saturated >= TRIALS and clamped >= TRIALS // 2, (ties, saturated, clamped)
+    print(f"{profile} MUL: {3 * TRIALS} files; with ties {ties}, saturating {saturated}, fused clamp biting "
+          f"{clamped}, XNNPACK's rule differing from the reference's {path_differs}, a double multiplier's "
+          f"{double_differs}")
+    assert ties >= TRIALS and saturated >= TRIALS and clamped >= TRIALS // 2, (ties, saturated, clamped)
+    assert double_differs >= 3, double_differs
     if dtype == np.int8:
         assert path_differs >= TRIALS // 2, path_differs     # XNNPACK's rule is a different one
     else:
