@@ -205,6 +205,36 @@ void add_int8(AddKernel kernel, const std::int8_t* a, const std::int8_t* b, std:
   }
 }
 
+void mul_int8(MulKernel kernel, const std::int8_t* a, const std::int8_t* b, std::size_t n, float a_scale,
+              std::int32_t a_zero_point, float b_scale, std::int32_t b_zero_point, float out_scale,
+              std::int32_t out_zero_point, std::int32_t act_min, std::int32_t act_max, std::int8_t* y) {
+  QDRIFT_CHECK(a_scale > 0.0f && b_scale > 0.0f && out_scale > 0.0f && std::isfinite(a_scale) &&
+                   std::isfinite(b_scale) && std::isfinite(out_scale),
+               ConfigError, "mul_int8: scales must be finite and positive");
+  RequantParams rq;
+  if (kernel == MulKernel::kTflite) {
+    // mul.cc Prepare: the real multiplier in float32 (scale * scale / scale on the float fields).
+    const QuantizedMultiplier m =
+        quantize_multiplier(static_cast<double>(a_scale * b_scale / out_scale));
+    rq.method = RequantMethod::kGemmlowp;
+    rq.multiplier = m.multiplier;
+    rq.shift = m.shift;
+  } else {
+    // XNNPACK's create: both products in float32.
+    rq.method = RequantMethod::kXnnpack;
+    rq.scale = (a_scale * b_scale) / out_scale;
+  }
+  rq.zero_point = out_zero_point;
+  rq.qmin = act_min;
+  rq.qmax = act_max;
+  validate(rq);
+  for (std::size_t i = 0; i < n; ++i) {
+    // (a - zp_a) * (b - zp_b): |factors| <= 255, so the product is exact in int32.
+    const std::int32_t acc = (a[i] - a_zero_point) * (b[i] - b_zero_point);
+    y[i] = static_cast<std::int8_t>(requantize(acc, rq));
+  }
+}
+
 std::vector<std::int8_t> lut_int8(LutFunction f, float in_scale, std::int32_t in_zero_point, float out_scale,
                                   std::int32_t out_zero_point, bool round_half_even_rule) {
   std::vector<std::int8_t> lut(256);

@@ -253,6 +253,22 @@ void add_int16(const std::int16_t* a, const std::int16_t* b, std::size_t n, floa
   }
 }
 
+void mul_int16(const std::int16_t* a, const std::int16_t* b, std::size_t n, float a_scale, float b_scale,
+               float out_scale, std::int32_t act_min, std::int32_t act_max, std::int16_t* y) {
+  QDRIFT_CHECK(a_scale > 0.0f && b_scale > 0.0f && out_scale > 0.0f && std::isfinite(a_scale) &&
+                   std::isfinite(b_scale) && std::isfinite(out_scale),
+               ConfigError, "mul_int16: scales must be finite and positive");
+  QDRIFT_CHECK(act_min <= act_max, ConfigError, "mul_int16: act_min ", act_min, " > act_max ", act_max);
+  const QuantizedMultiplier m =
+      quantize_multiplier(static_cast<double>(a_scale * b_scale / out_scale));
+  for (std::size_t i = 0; i < n; ++i) {
+    // The kernel's int32 product; |a * b| <= 2^30 fits.
+    const std::int32_t acc = std::int32_t{a[i]} * std::int32_t{b[i]};
+    const std::int32_t raw = requantize_gemmlowp(acc, m.multiplier, m.shift);
+    y[i] = static_cast<std::int16_t>(std::clamp(raw, act_min, act_max));
+  }
+}
+
 Int16TableInput int16_table_input(LutFunction f, float in_scale) {
   QDRIFT_CHECK(std::isfinite(in_scale) && in_scale > 0.0f, ConfigError,
                "int16 tanh/logistic: the input scale must be finite and positive, got ", in_scale);

@@ -7,11 +7,13 @@ reading the files (tests/python/test_convert.py checks every one against the rea
   - BatchNormalization right after a Dense/Conv2D/DepthwiseConv2D without activation is folded
     into its constants in float32 with TF's Rsqrt kernel: m = rsqrt(var + eps) * gamma,
     W' = W * m, b' = b * m + (beta - mean * m). Any other BatchNormalization becomes MUL(x, m) +
-    ADD(beta - mean * m) with (C,) constants: emitted for tflite_dynamic (float32 constants) and
-    tflite_fp16 (float16 through DEQUANTIZE); the full-integer profiles raise UnsupportedError
-    (qdrift has no int8 MUL), as do a BatchNormalization after a dilated convolution or another
-    BatchNormalization, and one right before a Dense (or, with one channel, a Conv): the converter folds
-    MUL + ADD into that layer's constants.
+    ADD(beta - mean * m) with (C,) constants: float32 constants for tflite_dynamic, float16 through
+    DEQUANTIZE for tflite_fp16, and on the full-integer profiles both constants quantized like an
+    activation over their own [min, max] (int8 asymmetric per tensor, int16 symmetric), the MUL's
+    and ADD's outputs from calibration. This includes a BatchNormalization after a dilated
+    convolution (whose bias is a separate ADD) or after another unfolded one (two MUL + ADD pairs).
+    UnsupportedError: one right before a Dense (or, with one channel, a Conv): the converter folds
+    MUL + ADD into that layer's constants. A relu / relu6 right after it fuses into the ADD.
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
     BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
     reproduce: UnsupportedError.
@@ -58,8 +60,8 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     nothing; then the end grows by e = (-(size + pads)) % d so the block divides it, and the
     crops are (0, e). The quantizer gives both data-movement ops their input's parameters and
     quantizes the ADD's constant like an activation over [min(b), max(b)] (int8 asymmetric per
-    tensor, int16 symmetric). A relu with no bias becomes a separate RELU op and a
-    BatchNormalization after a dilated convolution is not folded (MUL + ADD): UnsupportedError.
+    tensor, int16 symmetric). A relu with no bias becomes a separate RELU op: UnsupportedError.
+    A BatchNormalization after a dilated convolution is not folded (MUL + ADD).
   - int8 (MLIR quantizer): a bias that would exceed INT32_MAX / 2 enlarges that channel's weight
     scale (SetBiasParamsWithAdjustments); int16x8 (old quantizer): AdjustWeightsForBiasScale,
     and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
@@ -68,7 +70,9 @@ picks Eigen's summation order) through tflite_float's "tf_builtin" kernels, the 
 wheel's builtin optimized float kernels that the calibrator runs (not LiteRT's: the wheel's Eigen
 has AVX packets; see hybrid.h), keeps each tensor's global min/max, starting from
 (FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every ADD by ADD's output
-(LiteRT runs ADD in place and the calibrator logs inputs after the op). Not reproduced: a
+(LiteRT runs ADD in place and the calibrator logs inputs after the op); likewise for MUL and ADD
+with a constant operand, unless input 0 is the graph input or the output the graph output.
+Not reproduced: a
 FULLY_CONNECTED with one output unit (Eigen's dot product, whose AVX order is unknown) and which
 ADD input the arena shares on some unrolled RNNs, so a scale can still differ from the file's;
 pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
@@ -172,16 +176,20 @@ def _merge(layers):
         prev = out[-1] if out else None
         linear = isinstance(prev, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) and prev.activation == "linear"
         if isinstance(layer, L.BatchNormalization):
-            if _dilated(prev) or isinstance(prev, L.BatchNormalization):
-                raise _core.UnsupportedError(
-                    f"convert: BatchNormalization '{layer.name}' after a dilated convolution or another "
-                    "BatchNormalization; the converter's MUL + ADD there is not reproduced")
-            if not linear:
-                out.append(layer)    # MUL + ADD (see _lower)
+            # After a dilated convolution (its bias is a separate ADD) or an unfolded
+            # BatchNormalization the converter keeps MUL + ADD (see _lower).
+            if not linear or _dilated(prev):
+                out.append(layer)
                 continue
             out[-1] = _fold(prev, layer)
             out[-1].name = prev.name
             out[-1].bn_folded = True
+            continue
+        if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") \
+                and isinstance(prev, L.BatchNormalization) and not hasattr(prev, "fused_activation"):
+            fused = copy.copy(prev)      # an unfolded BatchNormalization: the relu fuses into its ADD
+            fused.fused_activation = layer.activation
+            out[-1] = fused
             continue
         if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") and linear:
             fused = copy.copy(prev)
@@ -352,7 +360,8 @@ def _lower_batch_norm(g, bn, x, after):
     m = (_rsqrt((w["moving_variance"] + f32(bn.epsilon)).astype(f32)) * w["gamma"]).astype(f32)
     shift = (w["beta"] - w["moving_mean"] * m).astype(f32)
     g.add(_Node("MUL", [x], [f"{name}/mul"], bias=m, options=dict(activation=0)), [g.shapes[x]])
-    g.add(_Node("ADD", [f"{name}/mul"], [name], bias=shift, options=dict(activation=0)), [g.shapes[x]])
+    act = _FUSED[getattr(bn, "fused_activation", "linear")]
+    g.add(_Node("ADD", [f"{name}/mul"], [name], bias=shift, options=dict(activation=act)), [g.shapes[x]])
 
 
 def _add_activation(g, activation, x, name):
@@ -507,6 +516,13 @@ def calibrate(g, calibration):
     # overwrites input 0), so input 0's logged range also covers ADD's output.
     for n in g.nodes:
         if n.op == "ADD" and n.bias is None:
+            a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
+            ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
+    # MUL and ADD with a constant operand (an unfolded BatchNormalization, a dilated convolution's
+    # bias) run in place as well, except where input 0 is the graph input or the output is the
+    # graph output (the arena shares neither).
+    for n in g.nodes:
+        if n.op in ("MUL", "ADD") and n.bias is not None and n.inputs[0] != "input" and n.outputs[0] != g.last:
             a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
             ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
     return ranges
@@ -694,11 +710,15 @@ def _full_integer(g, profile, ranges, inference_io):
                 in_ids.append(bid if bkey is None else constants[bkey])
             else:
                 in_ids.append(-1)
-        if n.op == "ADD" and n.bias is not None:   # a constant operand, quantized like an activation
+        if n.op in ("ADD", "MUL") and n.bias is not None:   # a constant operand, quantized like an activation
             sb, zb = _int_activation(profile, float(n.bias.min()), float(n.bias.max()))
             lim = np.iinfo(act_dtype)
-            codes = np.clip(_round_half_away(n.bias / f32(sb)) + zb, lim.min, lim.max).astype(act_dtype)
-            in_ids.append(b.tensor(f"{n.outputs[0]}/bias", act_dtype, n.bias.shape, sb, zb, codes))
+            # int8 (MLIR quantizer): RHA(f32(b / s)); int16 (the old quantizer's
+            # SymmetricQuantizeFloatsToInt16): RHA(f32(b * f32(1 / (double)s))), which differs at near-ties.
+            scaled = n.bias / f32(sb) if act_dtype == np.int8 else n.bias * f32(1.0 / float(f32(sb)))
+            codes = np.clip(_round_half_away(scaled.astype(f32)) + zb, lim.min, lim.max).astype(act_dtype)
+            what = "bias" if n.op == "ADD" else "multiplier"
+            in_ids.append(b.tensor(f"{n.outputs[0]}/{what}", act_dtype, n.bias.shape, sb, zb, codes))
         _data_constants(b, n, g, in_ids)
         b.op(n.op, in_ids, out_ids, _file_options(n, n.options, profile))
         ids.update(zip(n.outputs, out_ids))
@@ -922,9 +942,6 @@ def convert(model, profile="tflite_int8", calibration=None, ranges=None, inferen
     g = _lower(model)
     if profile in ("tflite_dynamic", "tflite_fp16"):
         return _float_weights(g, profile)
-    if any(n.op == "MUL" for n in g.nodes):
-        raise _core.UnsupportedError(f"convert: {profile}: a BatchNormalization not folded into a layer becomes "
-                                     "MUL + ADD, which qd.convert emits only for tflite_dynamic and tflite_fp16")
     if profile == "tflite_int16x8" and inference_io != "float":
         raise _core.UnsupportedError("convert: tflite_int16x8 with integer inference I/O is not verified")
     found = {} if calibration is None else calibrate(g, calibration)

@@ -12,6 +12,7 @@ What each path computes (XNNPACK takes no int16 op, so "xnnpack" always equals "
 | CONV_2D, int32 b         | gemmlowp double rounding       | ruy (groups == 1), gemmlowp (groups > 1) |
 | DEPTHWISE_CONV_2D        | int64 bias only (16-bit reduced multiplier); LiteRT rejects int32 bias    |
 | ADD                      | inputs << 15, gemmlowp rescaling (the same on both)                       |
+| MUL                      | a * b in int32, gemmlowp rescaling by f32(f32(s_a * s_b) / s_out) (both)  |
 | TANH / LOGISTIC          | interpolated sigmoid table (the same on both, unless the input scale is a |
 |                          | power of two within 1e-3 in log2: then builtin runs gemmlowp fixed point) |
 | QUANTIZE float -> int16  | RHA(f32(x / s))                | blocks of 8: RNE(f32(x * f32(1/s))), tail RHA(x / (double)s) |
@@ -26,7 +27,8 @@ import numpy as np
 from . import _core
 from .tflite_kernels import activation_range, f32
 
-INT16_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "TANH", "LOGISTIC")
+INT16_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "TANH", "LOGISTIC",
+             "MUL")
 # Data movement the converter emits around int16 ops: TRANSPOSE (unrolled RNN inputs) and the
 # SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND pair around a dilated convolution. Exact for any dtype.
 DATA_OPS = ("TRANSPOSE", "SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
@@ -71,6 +73,15 @@ def run_op(op, tensors, values, kernels):
     act_min, act_max = activation_range(act, f32(t_out.scale[0]), 0, "reference", qmin=-32768, qmax=32767)
     if op.name == "ADD":
         return _add(op, tensors, values, act_min, act_max)
+    if op.name == "MUL":
+        t_b = tensors[op.inputs[1]]
+        if t_b.zero_point.size and np.any(t_b.zero_point != 0):
+            raise _core.UnsupportedError(f"run: int16 MUL needs zero points 0 (tensor '{t_b.name}' has "
+                                         f"{int(t_b.zero_point[0])}; LiteRT's Prepare rejects it)")
+        b = values[op.inputs[1]] if op.inputs[1] in values else t_b.data
+        a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(x, b))
+        return _core.mul_int16(a, b, float(t_in.scale[0]), float(t_b.scale[0]), float(t_out.scale[0]),
+                               act_min=act_min, act_max=act_max)
     w = tensors[op.inputs[1]]
     bias = tensors[op.inputs[2]].data if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     accumulator = _accumulator(op, bias)

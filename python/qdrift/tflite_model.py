@@ -1,7 +1,8 @@
 """qd.from_tflite: the exact quantized model a .tflite file holds, run on any LiteRT kernel path.
 
-Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and RESHAPE with
-int8 activations, int8 weights and int32 biases (the full-integer profile). The file is read with
+Supported ops: QUANTIZE, DEQUANTIZE, FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D, RESHAPE, ADD, MUL
+(broadcasting), TANH, LOGISTIC and UNPACK with int8 activations, int8 weights and int32 biases (the
+full-integer profile). The file is read with
 the `tflite` package (flatbuffers bindings of the TFLite schema). Ops on int16 activations (the
 int16x8 profile) run through qdrift.tflite_int16; float32, float16-weight and dynamic-range ops,
 shape arithmetic and WHILE loops run in qdrift.tflite_float."""
@@ -19,7 +20,7 @@ _DTYPES = {"FLOAT16": np.float16, "FLOAT32": np.float32, "INT32": np.int32, "INT
            "INT16": np.int16, "UINT8": np.uint8, "BOOL": np.bool_}
 _ACTIVATIONS = {0: "linear", 1: "relu", 3: "relu6"}
 SUPPORTED_OPS = ("QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "ADD",
-                 "TANH", "LOGISTIC", "UNPACK") + tflite_int16.DATA_OPS
+                 "TANH", "LOGISTIC", "UNPACK", "MUL") + tflite_int16.DATA_OPS
 # Shape arithmetic the converter emits for a dynamic batch (Keras Flatten: SHAPE -> STRIDED_SLICE
 # -> PACK -> RESHAPE's shape input). qdrift reshapes to the output tensor's shape with the actual
 # batch, so these are skipped; they are accepted only when nothing but such a chain reads them.
@@ -164,7 +165,15 @@ class TFLiteModel:
                                   float(t_out.scale[0]), int(t_out.zero_point[0]),
                                   kernel="xnnpack" if kernels == "xnnpack" else "tflite", act_min=lo, act_max=hi)
         if op.name == "MUL":
-            raise _core.UnsupportedError("run: integer MUL is not supported (float MUL only)")
+            # reference and builtin: gemmlowp rescaling by f32(f32(s_a * s_b) / s_out); XNNPACK: fp32 vmul.
+            t_b = self.tensors[op.inputs[1]]
+            b = values[op.inputs[1]] if op.inputs[1] in values else t_b.data
+            act = _ACTIVATIONS.get(op.options.get("activation", 0))
+            lo, hi = activation_range(act, t_out.scale[0], int(t_out.zero_point[0]), kernels)
+            a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(x, b))
+            return _core.mul_int8(a, b, float(t_in.scale[0]), int(t_in.zero_point[0]), float(t_b.scale[0]),
+                                  int(t_b.zero_point[0]), float(t_out.scale[0]), int(t_out.zero_point[0]),
+                                  kernel="xnnpack" if kernels == "xnnpack" else "tflite", act_min=lo, act_max=hi)
         w = self.tensors[op.inputs[1]]
         b = self.tensors[op.inputs[2]].data if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         act = _ACTIVATIONS.get(op.options.get("activation", 0))

@@ -103,6 +103,27 @@ void bind_integer(py::module_& m) {
       "out_zero_point"_a, py::kw_only(), "kernel"_a = "tflite", "act_min"_a = -128, "act_max"_a = 127,
       "int8 ADD of equal shapes as the TFLite kernels (kernel='tflite') or XNNPACK compute it.");
   m.def(
+      "mul_int8",
+      [](const py::handle& a, const py::handle& b, float a_scale, std::int32_t a_zero_point, float b_scale,
+         std::int32_t b_zero_point, float out_scale, std::int32_t out_zero_point, const std::string& kernel,
+         std::int32_t act_min, std::int32_t act_max) {
+        auto ai = array_in<std::int8_t>(a, "mul_int8", "a");
+        auto bi = array_in<std::int8_t>(b, "mul_int8", "b");
+        QDRIFT_CHECK(ai.shape == bi.shape, qdrift::ShapeError, "mul_int8: a ", qdrift::shape_to_string(ai.shape),
+                     " and b ", qdrift::shape_to_string(bi.shape), " differ (broadcast b first)");
+        QDRIFT_CHECK(kernel == "tflite" || kernel == "xnnpack", qdrift::ConfigError,
+                     "mul_int8: kernel must be tflite or xnnpack, got '", kernel, "'");
+        QDRIFT_CHECK(act_min <= act_max, qdrift::ConfigError, "mul_int8: act_min ", act_min, " > act_max ", act_max);
+        auto y = array_out<std::int8_t>(ai.shape);
+        qdrift::mul_int8(kernel == "tflite" ? qdrift::MulKernel::kTflite : qdrift::MulKernel::kXnnpack, ai.data,
+                         bi.data, ai.size(), a_scale, a_zero_point, b_scale, b_zero_point, out_scale, out_zero_point,
+                         act_min, act_max, y.mutable_data());
+        return y;
+      },
+      "a"_a, "b"_a, "a_scale"_a, "a_zero_point"_a, "b_scale"_a, "b_zero_point"_a, "out_scale"_a,
+      "out_zero_point"_a, py::kw_only(), "kernel"_a = "tflite", "act_min"_a = -128, "act_max"_a = 127,
+      "int8 MUL of equal shapes as the TFLite kernels (kernel='tflite': reference and builtin) or XNNPACK compute it.");
+  m.def(
       "lut_int8",
       [](const std::string& function, float in_scale, std::int32_t in_zero_point, float out_scale,
          std::int32_t out_zero_point, bool round_half_even) {

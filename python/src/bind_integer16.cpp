@@ -160,6 +160,22 @@ void bind_integer16(py::module_& m) {
       "act_max"_a = 32767, "int16 ADD (zero points 0, general scales) as LiteRT's kernels compute it.");
 
   m.def(
+      "mul_int16",
+      [](const py::handle& a, const py::handle& b, float a_scale, float b_scale, float out_scale,
+         std::int32_t act_min, std::int32_t act_max) {
+        auto ai = array_in<std::int16_t>(a, "mul_int16", "a");
+        auto bi = array_in<std::int16_t>(b, "mul_int16", "b");
+        QDRIFT_CHECK(ai.shape == bi.shape, qdrift::ShapeError, "mul_int16: a ", qdrift::shape_to_string(ai.shape),
+                     " and b ", qdrift::shape_to_string(bi.shape), " differ (broadcast b first)");
+        auto y = array_out<std::int16_t>(ai.shape);
+        qdrift::mul_int16(ai.data, bi.data, ai.size(), a_scale, b_scale, out_scale, act_min, act_max,
+                          y.mutable_data());
+        return y;
+      },
+      "a"_a, "b"_a, "a_scale"_a, "b_scale"_a, "out_scale"_a, py::kw_only(), "act_min"_a = -32768,
+      "act_max"_a = 32767, "int16 MUL (zero points 0) as LiteRT's reference and builtin kernels compute it.");
+
+  m.def(
       "int16_table_input",
       [](const std::string& function, float in_scale) {
         const qdrift::Int16TableInput p = qdrift::int16_table_input(table_function(function), in_scale);

@@ -239,3 +239,21 @@ TEST_CASE("int16 ADD: rescaling, clamp, and the >= 1 output multiplier LiteRT re
   CHECK(y[0] == 500);
   CHECK_THROWS_AS(qdrift::add_int16(a, b, 1, 1.0f, 1.0f, 1e-6f, -32768, 32767, y), qdrift::UnsupportedError);
 }
+
+TEST_CASE("int16 MUL: ties round half up, the largest product, clamps") {
+  // s_a s_b / s_out = 0.5: 3 * 1 -> 1.5 -> 2 and -3 * 1 -> -1.5 -> -1 (gemmlowp's high multiply
+  // rounds half up); -32768^2 = 2^30 fits the int32 product and saturates the output.
+  const std::int16_t a[4] = {3, -3, -32768, 1000};
+  const std::int16_t b[4] = {1, 1, -32768, -7};
+  std::int16_t y[4];
+  qdrift::mul_int16(a, b, 4, 0.5f, 0.25f, 0.25f, -32768, 32767, y);
+  CHECK(y[0] == 2);
+  CHECK(y[1] == -1);
+  CHECK(y[2] == 32767);
+  CHECK(y[3] == -3500);
+  qdrift::mul_int16(a, b, 4, 0.5f, 0.25f, 0.25f, 0, 32767, y);   // fused RELU-style clamp
+  CHECK(y[1] == 0);
+  CHECK(y[3] == 0);
+  CHECK_THROWS_AS(qdrift::mul_int16(a, b, 1, 0.5f, 0.0f, 0.25f, -32768, 32767, y), qdrift::ConfigError);
+  CHECK_THROWS_AS(qdrift::mul_int16(a, b, 1, 0.5f, 0.25f, 0.25f, 1, 0, y), qdrift::ConfigError);
+}

@@ -176,6 +176,29 @@ TEST_CASE("ops: integer kernels on hand-checked cases") {
                   qdrift::ConfigError);
 }
 
+TEST_CASE("ops: int8 MUL ties, zero points, saturation and clamps on both rules") {
+  // s_a s_b / s_out = 0.5 exactly: acc = 3, 5, -3 give the ties 1.5, 2.5, -1.5. gemmlowp's
+  // high multiply rounds half up (2, 3, -1); XNNPACK's fp32 rule rounds half to even (2, 2, -2).
+  const std::vector<std::int8_t> a{3, 5, -3, 127, -128}, b{1, 1, 1, 127, -128};
+  std::vector<std::int8_t> y(5);
+  qdrift::mul_int8(qdrift::MulKernel::kTflite, a.data(), b.data(), 5, 0.5f, 0, 0.25f, 0, 0.25f, 0, -128, 127, y.data());
+  CHECK(y == std::vector<std::int8_t>{2, 3, -1, 127, 127});
+  qdrift::mul_int8(qdrift::MulKernel::kXnnpack, a.data(), b.data(), 5, 0.5f, 0, 0.25f, 0, 0.25f, 0, -128, 127,
+                   y.data());
+  CHECK(y == std::vector<std::int8_t>{2, 2, -2, 127, 127});
+  // Zero points: 0.5 * (10 - 2) times 0.25 * (-4 - 0) is -4 = 0.1 * (-45 - (-5)); a fused clamp.
+  const std::vector<std::int8_t> c{10}, d{-4};
+  for (auto k : {qdrift::MulKernel::kTflite, qdrift::MulKernel::kXnnpack}) {
+    qdrift::mul_int8(k, c.data(), d.data(), 1, 0.5f, 2, 0.25f, 0, 0.1f, -5, -128, 127, y.data());
+    CHECK(y[0] == -45);
+    qdrift::mul_int8(k, c.data(), d.data(), 1, 0.5f, 2, 0.25f, 0, 0.1f, -5, -5, 127, y.data());
+    CHECK(y[0] == -5);
+    qdrift::mul_int8(k, c.data(), d.data(), 0, 0.5f, 2, 0.25f, 0, 0.1f, -5, -128, 127, y.data());   // empty
+    CHECK_THROWS_AS(qdrift::mul_int8(k, c.data(), d.data(), 1, 0.5f, 2, -0.25f, 0, 0.1f, -5, -128, 127, y.data()),
+                    qdrift::ConfigError);
+  }
+}
+
 TEST_CASE("ops: int8 ADD and TANH/LOGISTIC tables on hand-checked values") {
   // Real values a = 0.5 * (10 - 2) = 4 and b = 0.25 * (-4 - 0) = -1 add to 3 = 0.1 * (25 - (-5)).
   const std::vector<std::int8_t> a{10}, b{-4};

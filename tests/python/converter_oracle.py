@@ -191,7 +191,7 @@ def _maybe_bn_and_act(rng, layers, act_in_layer):
         a = _act(rng)
         layers.append(L.ReLU() if a == "relu" and rng.random() < 0.5 else L.Activation(a))
     if not isinstance(layers[-1], L.BatchNormalization) and rng.random() < 0.15:
-        # not folded: MUL + ADD in the file (qd.convert: float profiles only)
+        # not folded: MUL + ADD in the file
         layers.append(L.BatchNormalization(epsilon=float(rng.choice([1e-3, 1e-5]))))
 
 
@@ -274,3 +274,31 @@ def random_model(rng, kind=None, while_loops=False):
         km = {"image": random_image_model, "dense": random_dense_model}[kind](rng)
     randomize_weights(km, rng)
     return kind, km
+
+
+def patch_tensors(flatbuffer, edits):
+    """A copy of a .tflite file with some tensors' parameters overwritten in place (subgraph 0):
+    edits = {tensor index: dict(scale=float, zero_point=int, data=array)}. Each tensor must
+    already hold one scale and one zero point, and `data` must match its constant buffer's size,
+    so the flatbuffer's layout is unchanged. Lets a test give a converter-made op any parameters."""
+    import struct
+
+    import tflite
+    buf = bytearray(flatbuffer)
+    sg = tflite.Model.GetRootAsModel(buf, 0).Subgraphs(0)
+    model = tflite.Model.GetRootAsModel(buf, 0)
+    for i, e in edits.items():
+        t = sg.Tensors(i)
+        q = t.Quantization()
+        # QuantizationParameters fields: min (vtable offset 4), max (6), scale (8), zero_point (10)
+        for key, slot, fmt in (("scale", 8, "<f"), ("zero_point", 10, "<q")):
+            if key in e:
+                assert q.ScaleLength() == 1 and q.ZeroPointLength() == 1, (i, "per-tensor parameters only")
+                struct.pack_into(fmt, buf, q._tab.Vector(q._tab.Offset(slot)), e[key])
+        if "data" in e:
+            b = model.Buffers(t.Buffer())
+            raw = np.ascontiguousarray(e["data"]).tobytes()
+            assert b.DataLength() == len(raw), (i, b.DataLength(), len(raw))
+            start = b._tab.Vector(b._tab.Offset(4))
+            buf[start:start + len(raw)] = raw
+    return bytes(buf)

@@ -74,6 +74,18 @@ void add_int8(AddKernel kernel, const std::int8_t* a, const std::int8_t* b, std:
               std::int32_t a_zero_point, float b_scale, std::int32_t b_zero_point, float out_scale,
               std::int32_t out_zero_point, std::int32_t act_min, std::int32_t act_max, std::int8_t* y);
 
+// int8 MUL (same shapes; callers broadcast a constant operand): acc = (a - zp_a) * (b - zp_b),
+// exact in int32. kTflite (the reference and the builtin x86 kernels): gemmlowp
+// MultiplyByQuantizedMultiplier with the multiplier of f32(f32(s_a * s_b) / s_out) (mul.cc's Prepare
+// computes it in float32; the double product differs at near-ties, measured), + zp_out, clamp.
+// kXnnpack: XNNPACK's qs8 vmul fp32 rule, RNE(f32(acc) * f32(f32(s_a * s_b) / s_out)) clamped in
+// float to [act_min - zp_out, act_max - zp_out], + zp_out. ConfigError unless the scales are
+// finite and positive.
+enum class MulKernel : std::uint8_t { kTflite, kXnnpack };
+void mul_int8(MulKernel kernel, const std::int8_t* a, const std::int8_t* b, std::size_t n, float a_scale,
+              std::int32_t a_zero_point, float b_scale, std::int32_t b_zero_point, float out_scale,
+              std::int32_t out_zero_point, std::int32_t act_min, std::int32_t act_max, std::int8_t* y);
+
 // 256-entry lookup tables of int8 TANH / LOGISTIC: dequantize, transform in float32
 // (std::tanh, 1 / (1 + std::exp(-x))), scale by f32(1 / s_out), round (half away for the
 // TFLite kernels, half even for XNNPACK), add the zero point, clamp. lut[v + 128] is f(v).

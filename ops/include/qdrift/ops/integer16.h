@@ -34,6 +34,12 @@ void conv2d_int16(const ConvGeometry& g, const std::int16_t* x, const std::int8_
 void add_int16(const std::int16_t* a, const std::int16_t* b, std::size_t n, float a_scale, float b_scale,
                float out_scale, std::int32_t act_min, std::int32_t act_max, std::int16_t* y);
 
+// int16 MUL (zero points 0; callers broadcast): acc = a * b in int32 (|acc| <= 2^30), gemmlowp MultiplyByQuantizedMultiplier with the
+// multiplier of f32(f32(s_a * s_b) / s_out) (float32, as for int8), clamp to [act_min, act_max]. The reference and builtin
+// kernels both run this (reference_integer_ops::Mul); XNNPACK takes no int16 op.
+void mul_int16(const std::int16_t* a, const std::int16_t* b, std::size_t n, float a_scale, float b_scale,
+               float out_scale, std::int32_t act_min, std::int32_t act_max, std::int16_t* y);
+
 // int16 TANH / LOGISTIC (reference_integer_ops: the reference kernel always, the builtin kernel
 // unless the input scale is a power of two, see *_fixed_point below): x is rescaled to 3 * 4096 units per 1.0 by an integer multiplier,
 // then a 256-entry sigmoid table (sigmoid(i/24) in 0.16 format) is interpolated linearly
