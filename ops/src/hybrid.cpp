@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "conv_index.h"
+#include "hybrid_fast.h"
 #include "qdrift/core/check.h"
 
 namespace qdrift {
@@ -28,19 +29,22 @@ std::int32_t tflite_round(float v, std::size_t i, std::size_t block_end) {
   return i < block_end ? neon_round(v) : static_cast<std::int32_t>(std::round(v));
 }
 
-float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
+using detail::clampf;
 
 bool all_zero(const float* x, std::size_t n) {
   return std::all_of(x, x + n, [](float v) { return v == 0.0f; });
 }
 
-struct QuantizedRows {
-  std::vector<std::int8_t> q;
-  std::vector<float> scale;
-  std::vector<std::int32_t> zero_point;
-};
+float filter_scale_of(const float* s, std::size_t n_scales, std::size_t o) { return s[n_scales == 1 ? 0 : o]; }
 
-enum class InputRule : std::uint8_t { kTfliteSymmetric, kTfliteAsymmetric, kXnnpack };
+void check_scales(std::size_t n_scales, std::size_t out, const char* op) {
+  QDRIFT_CHECK(n_scales == 1 || n_scales == out, ShapeError, op, ": ", n_scales, " filter scales for ", out,
+               " output channels");
+}
+
+}  // namespace
+
+namespace detail {
 
 QuantizedRows quantize_rows(InputRule rule, const float* x, std::size_t rows, std::size_t n) {
   QuantizedRows r;
@@ -61,14 +65,42 @@ QuantizedRows quantize_rows(InputRule rule, const float* x, std::size_t rows, st
   return r;
 }
 
-float filter_scale_of(const float* s, std::size_t n_scales, std::size_t o) { return s[n_scales == 1 ? 0 : o]; }
-
-void check_scales(std::size_t n_scales, std::size_t out, const char* op) {
-  QDRIFT_CHECK(n_scales == 1 || n_scales == out, ShapeError, op, ": ", n_scales, " filter scales for ", out,
-               " output channels");
+HybridConvPlan hybrid_conv_plan(KernelPath path, const ConvGeometry& g, const float* filter_scale,
+                                std::size_t n_scales, bool depthwise) {
+  bool equal_scales = true;   // conv.cc: is_hybrid_per_channel only if some scale differs from channel 0
+  for (std::size_t c = 1; c < n_scales; ++c) equal_scales = equal_scales && filter_scale[c] == filter_scale[0];
+  HybridConvPlan p;
+  const bool xnnpack = path == KernelPath::kXnnpack && !depthwise;   // XNNPACK takes hybrid conv, not depthwise
+  p.symmetric = !xnnpack && !depthwise && equal_scales && g.groups == 1;   // conv.cc EvalHybrid
+  p.rule = xnnpack ? InputRule::kXnnpack : p.symmetric ? InputRule::kTfliteSymmetric : InputRule::kTfliteAsymmetric;
+  // XNNPACK runs a 1x1, stride-1 convolution as a fully connected layer: one quantization per
+  // pixel instead of per image (measured).
+  p.per_pixel = xnnpack && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.groups == 1;
+  p.tail_start = g.o;
+  if (xnnpack) {
+    p.head = ConvEpilogue::kFma;
+  } else if (p.symmetric) {
+    p.head = ConvEpilogue::kScaleProduct;   // HybridConv: sf[b] *= s_w, out = 0 + acc * sf, then + bias
+  } else if (depthwise) {
+    if (path == KernelPath::kReference) {
+      p.head = ConvEpilogue::kScaleProduct;
+    } else {   // optimized depthwise: channel blocks of 4, then a tail
+      p.head = ConvEpilogue::kPcsThenSf;
+      p.tail = ConvEpilogue::kSfThenPcs;
+      p.tail_start = g.o / 4 * 4;
+    }
+  } else if (path == KernelPath::kReference || g.groups != 1) {
+    p.head = ConvEpilogue::kPcsThenSf;   // reference HybridConvPerChannel (grouped conv always runs it)
+  } else {
+    p.head = ConvEpilogue::kScaleProduct;   // optimized HybridConvPerChannel (im2col + GEMM, Eigen epilogue)
+  }
+  return p;
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::InputRule;
+using detail::QuantizedRows;
 
 KernelPath parse_kernel_path(std::string_view name) {
   if (name == "reference") return KernelPath::kReference;
@@ -145,8 +177,12 @@ void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* 
 void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, std::size_t in,
                             const std::int8_t* filter, std::size_t out, const float* filter_scale,
                             std::size_t n_scales, const float* bias, bool asymmetric_inputs, float lo, float hi,
-                            float* y) {
+                            float* y, Path impl) {
   check_scales(n_scales, out, "fully_connected_hybrid");
+  if (impl == Path::kFast &&
+      fast::fully_connected_hybrid(detail::available_int8_kernels().back(), path, x, batch, in, filter, out,
+                                   filter_scale, n_scales, bias, asymmetric_inputs, lo, hi, y))
+    return;
   std::vector<std::int32_t> row_sum(out, 0);
   for (std::size_t o = 0; o < out; ++o)
     for (std::size_t i = 0; i < in; ++i) row_sum[o] += filter[o * in + i];
@@ -183,27 +219,21 @@ void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, 
 
 void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const std::int8_t* filter,
                    const float* filter_scale, std::size_t n_scales, const float* bias, bool depthwise, float lo,
-                   float hi, float* y) {
+                   float hi, float* y, Path impl) {
   check_scales(n_scales, g.o, "conv2d_hybrid");
+  if (impl == Path::kFast && fast::conv2d_hybrid(detail::available_int8_kernels().back(), path, g, x, filter,
+                                                 filter_scale, n_scales, bias, depthwise, lo, hi, y))
+    return;
   const std::size_t image = g.h * g.w * g.c;
-  bool equal_scales = true;   // conv.cc: is_hybrid_per_channel only if some scale differs from channel 0
-  for (std::size_t c = 1; c < n_scales; ++c) equal_scales = equal_scales && filter_scale[c] == filter_scale[0];
-  const bool xnnpack = path == KernelPath::kXnnpack && !depthwise;   // XNNPACK takes hybrid conv, not depthwise
-  const bool symmetric = !xnnpack && !depthwise && equal_scales && g.groups == 1;   // conv.cc EvalHybrid
-  const InputRule rule =
-      xnnpack ? InputRule::kXnnpack : symmetric ? InputRule::kTfliteSymmetric : InputRule::kTfliteAsymmetric;
-  // XNNPACK runs a 1x1, stride-1 convolution as a fully connected layer: one quantization per
-  // pixel instead of per image (measured).
-  const bool per_pixel = xnnpack && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.groups == 1;
-  const std::size_t row = per_pixel ? g.c : image;
-  const QuantizedRows r = quantize_rows(rule, x, g.n * image / row, row);
-  const std::size_t tail_start = g.o / 4 * 4;   // optimized depthwise: channel blocks of 4, then a tail
+  const detail::HybridConvPlan plan = detail::hybrid_conv_plan(path, g, filter_scale, n_scales, depthwise);
+  const std::size_t row = plan.per_pixel ? g.c : image;
+  const QuantizedRows r = quantize_rows(plan.rule, x, g.n * image / row, row);
   for (std::size_t n = 0; n < g.n; ++n)
     for (std::size_t oy = 0; oy < g.oh; ++oy)
       for (std::size_t ox = 0; ox < g.ow; ++ox)
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           const std::size_t group = oc / g.og();
-          const std::size_t qrow = per_pixel ? (n * g.h + oy) * g.w + ox : n;   // 1x1 stride 1: pixel = output
+          const std::size_t qrow = plan.per_pixel ? (n * g.h + oy) * g.w + ox : n;   // 1x1 stride 1: pixel = output
           const std::int32_t zp = r.zero_point[qrow];
           std::int32_t acc = 0;   // sum w * (q - zp); padded taps equal zp and add nothing
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
@@ -219,25 +249,9 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
                 acc += filter[((ky * g.kw + kx) * g.cg() + ic) * g.o + oc] * (qp[ic] - zp);
             }
           }
-          const float a = static_cast<float>(acc), sf = r.scale[qrow];
-          const float pcs = symmetric ? filter_scale[0] : filter_scale_of(filter_scale, n_scales, oc);
-          const float b = bias ? bias[oc] : 0.0f;
-          float v = 0.0f;
-          if (xnnpack) {
-            v = std::fma(a * sf, pcs, b);
-          } else if (symmetric) {
-            v = a * (sf * pcs) + b;   // HybridConv: sf[b] *= s_w, out = 0 + acc * sf, then + bias
-          } else if (depthwise) {
-            if (path == KernelPath::kReference) {
-              v = a * (pcs * sf) + b;
-            } else {
-              v = oc < tail_start ? a * pcs * sf + b : a * sf * pcs + b;
-            }
-          } else if (path == KernelPath::kReference || g.groups != 1) {
-            v = a * pcs * sf + b;   // reference HybridConvPerChannel (grouped conv always runs it)
-          } else {
-            v = a * (pcs * sf) + b;   // optimized HybridConvPerChannel (im2col + GEMM, Eigen epilogue)
-          }
+          const float pcs = plan.symmetric ? filter_scale[0] : filter_scale_of(filter_scale, n_scales, oc);
+          const detail::ConvEpilogue e = oc < plan.tail_start ? plan.head : plan.tail;
+          const float v = detail::conv_epilogue(e, static_cast<float>(acc), r.scale[qrow], pcs, bias ? bias[oc] : 0.0f);
           y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(v, lo, hi);
         }
 }

@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: Apache-2.0
+// Fast hybrid FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D, bit-identical to hybrid.cpp's loops.
+//
+// The inputs are quantized by the same row quantizers. The int32 sums sum_i w * (q - zp) are
+// formed as sum_i w * q - zp * sum_i w by the int8 GEMM of integer_kernels.inc (convs gather
+// their taps into rows first, im2col, in chunks of kChunkRows output pixels; padding taps hold
+// zp, so they add w * (zp - zp) = 0), or tap by tap across channels for one input channel per
+// group (depthwise). Integer sums are exact, so they equal the reference's whenever no partial
+// sum leaves int32: |w| <= 128 and |q - zp|, |q + 128| <= 255 bound every partial sum by
+// 255 * 128 * depth, below 2^31 for depth <= kMaxDepth (deeper layers run the reference).
+// The float epilogue then applies, per output, the same operations in the same order
+// (conv_epilogue, hybrid_fast.h), one loop per operation order so it vectorizes.
+#include "hybrid_fast.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "conv_index.h"
+
+namespace qdrift::fast {
+namespace {
+
+constexpr std::size_t kChunkRows = 64;       // output rows per GEMM call: keeps the im2col block in L2
+constexpr std::size_t kMaxDepth = 65793;     // 255 * 128 * 65793 < 2^31
+
+using detail::ConvEpilogue;
+
+// y[o] = clamp(epilogue(f32(c[o] - zp * wsum[o]), sf, pcs[o], b[o])) for o in [begin, end).
+template <ConvEpilogue E>
+void epilogue_run(const std::int32_t* __restrict c, const std::int32_t* __restrict wsum, std::int32_t zp, float sf,
+                  const float* __restrict pcs, const float* __restrict b, std::size_t begin, std::size_t end,
+                  float lo, float hi, float* __restrict y) {
+  for (std::size_t o = begin; o < end; ++o) {
+    const auto acc = static_cast<float>(c[o] - zp * wsum[o]);
+    y[o] = detail::clampf(detail::conv_epilogue(E, acc, sf, pcs[o], b[o]), lo, hi);
+  }
+}
+
+void epilogue_run(ConvEpilogue e, const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp, float sf,
+                  const float* pcs, const float* b, std::size_t begin, std::size_t end, float lo, float hi, float* y) {
+  switch (e) {
+    case ConvEpilogue::kFma: epilogue_run<ConvEpilogue::kFma>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y); break;
+    case ConvEpilogue::kScaleProduct:
+      epilogue_run<ConvEpilogue::kScaleProduct>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
+      break;
+    case ConvEpilogue::kPcsThenSf:
+      epilogue_run<ConvEpilogue::kPcsThenSf>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
+      break;
+    case ConvEpilogue::kSfThenPcs:
+      epilogue_run<ConvEpilogue::kSfThenPcs>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
+      break;
+  }
+}
+
+// One output row under the plan's head / tail split.
+void epilogue_row(const detail::HybridConvPlan& p, const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp,
+                  float sf, const float* pcs, const float* b, std::size_t n, float lo, float hi, float* y) {
+  const std::size_t split = std::min(p.tail_start, n);
+  epilogue_run(p.head, c, wsum, zp, sf, pcs, b, 0, split, lo, hi, y);
+  epilogue_run(p.tail, c, wsum, zp, sf, pcs, b, split, n, lo, hi, y);
+}
+
+std::vector<float> per_channel(const float* v, std::size_t n_values, std::size_t n) {
+  std::vector<float> out(n, 0.0f);   // no bias: + 0.0f, as the reference adds
+  for (std::size_t o = 0; v && o < n; ++o) out[o] = v[n_values == 1 ? 0 : o];
+  return out;
+}
+
+bool all_zero(const float* x, std::size_t n) {
+  return std::all_of(x, x + n, [](float v) { return v == 0.0f; });
+}
+
+}  // namespace
+
+bool fully_connected_hybrid(const detail::Int8Kernels& k, KernelPath path, const float* x, std::size_t batch,
+                            std::size_t in, const std::int8_t* filter, std::size_t out, const float* filter_scale,
+                            std::size_t n_scales, const float* bias, bool asymmetric_inputs, float lo, float hi,
+                            float* y) {
+  if (in > kMaxDepth) return false;
+  const std::vector<float> b = per_channel(bias, out, out), pcs = per_channel(filter_scale, n_scales, out);
+  const bool xnnpack = path == KernelPath::kXnnpack;
+  if (!xnnpack && all_zero(x, batch * in)) {   // TFLite EvalHybrid skips the matmul: y = clamp(bias)
+    for (std::size_t r = 0; r < batch; ++r)
+      for (std::size_t o = 0; o < out; ++o) y[r * out + o] = detail::clampf(b[o], lo, hi);
+    return true;
+  }
+  const detail::InputRule rule = xnnpack             ? detail::InputRule::kXnnpack
+                                 : asymmetric_inputs ? detail::InputRule::kTfliteAsymmetric
+                                                     : detail::InputRule::kTfliteSymmetric;
+  const detail::QuantizedRows r = detail::quantize_rows(rule, x, batch, in);
+  std::vector<std::int32_t> wsum(out);
+  k.row_sums(filter, out, in, wsum.data(), nullptr);
+  // XNNPACK: fma(f32(dot * s_row), s_w, bias); TFLite: bias + f32(dot * f32(s_w * s_row)).
+  detail::HybridConvPlan plan;
+  plan.head = xnnpack ? ConvEpilogue::kFma : ConvEpilogue::kScaleProduct;
+  plan.tail_start = out;
+  std::vector<std::int32_t> c(std::min(batch, kChunkRows) * out);
+  for (std::size_t n0 = 0; n0 < batch; n0 += kChunkRows) {
+    const std::size_t rows = std::min(kChunkRows, batch - n0);
+    k.gemm(r.q.data() + n0 * in, rows, in, filter, out, in, wsum.data(), c.data(), out);
+    for (std::size_t i = 0; i < rows; ++i)
+      epilogue_row(plan, c.data() + i * out, wsum.data(), r.zero_point[n0 + i], r.scale[n0 + i], pcs.data(),
+                   b.data(), out, lo, hi, y + (n0 + i) * out);
+  }
+  return true;
+}
+
+bool conv2d_hybrid(const detail::Int8Kernels& k, KernelPath path, const ConvGeometry& g, const float* x,
+                   const std::int8_t* filter, const float* filter_scale, std::size_t n_scales, const float* bias,
+                   bool depthwise, float lo, float hi, float* y) {
+  const std::size_t cg = g.cg(), og = g.og(), depth = g.kh * g.kw * cg, image = g.h * g.w * g.c;
+  if (depth > kMaxDepth || image == 0) return false;
+  const detail::HybridConvPlan plan = detail::hybrid_conv_plan(path, g, filter_scale, n_scales, depthwise);
+  const std::size_t row = plan.per_pixel ? g.c : image;
+  const detail::QuantizedRows r = detail::quantize_rows(plan.rule, x, g.n * image / row, row);
+  const std::vector<float> b = per_channel(bias, g.o, g.o);
+  const std::vector<float> pcs = per_channel(filter_scale, plan.symmetric ? 1 : n_scales, g.o);
+  const std::size_t pixels = g.n * g.oh * g.ow, per_image = g.oh * g.ow;
+  // The quantization row of output pixel m (per_pixel implies OH x OW = H x W).
+  const auto qrow_of = [&](std::size_t m) { return plan.per_pixel ? m : m / per_image; };
+
+  if (cg == 1) {   // one input channel per group: taps accumulate across channels
+    std::vector<std::int32_t> acc(g.o), none(g.o, 0);
+    for (std::size_t m = 0; m < pixels; ++m) {
+      const std::size_t ox = m % g.ow, oy = (m / g.ow) % g.oh, n = m / per_image, qrow = qrow_of(m);
+      const std::int32_t zp = r.zero_point[qrow];
+      std::fill(acc.begin(), acc.end(), 0);
+      for (std::size_t ky = 0; ky < g.kh; ++ky) {
+        const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+        if (iy < 0) continue;
+        for (std::size_t kx = 0; kx < g.kw; ++kx) {
+          const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+          if (ix < 0) continue;
+          const std::int8_t* qp =
+              r.q.data() + n * image + (static_cast<std::size_t>(iy) * g.w + static_cast<std::size_t>(ix)) * g.c;
+          k.depthwise_tap(acc.data(), filter + (ky * g.kw + kx) * g.o, qp, g.o, og, zp);
+        }
+      }
+      epilogue_row(plan, acc.data(), none.data(), 0, r.scale[qrow], pcs.data(), b.data(), g.o, lo, hi, y + m * g.o);
+    }
+    return true;
+  }
+
+  // filter (KH, KW, C/groups, O) -> rows (O, KH * KW * C/groups): output channel oc's taps.
+  std::vector<std::int8_t> rows_w(g.o * depth);
+  for (std::size_t i = 0; i < depth; ++i)
+    for (std::size_t oc = 0; oc < g.o; ++oc) rows_w[oc * depth + i] = filter[i * g.o + oc];
+  std::vector<std::int32_t> wsum(g.o);
+  k.row_sums(rows_w.data(), g.o, depth, wsum.data(), nullptr);
+  // A 1x1, stride-1, unpadded, ungrouped conv reads its rows straight from q.
+  const bool direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pad_top == 0 && g.pad_left == 0 &&
+                      g.groups == 1 && g.oh == g.h && g.ow == g.w;
+  std::vector<std::int8_t> cols(direct ? 0 : std::min(pixels, kChunkRows) * depth);
+  std::vector<std::int32_t> c(std::min(pixels, kChunkRows) * g.o);
+  for (std::size_t m0 = 0; m0 < pixels; m0 += kChunkRows) {
+    const std::size_t rows = std::min(kChunkRows, pixels - m0);
+    for (std::size_t grp = 0; grp < g.groups; ++grp) {
+      const std::int8_t* a = r.q.data() + m0 * g.c;
+      if (!direct) {
+        for (std::size_t i = 0; i < rows; ++i) {   // im2col: row i holds pixel m0 + i's taps (ky, kx, ic)
+          const std::size_t m = m0 + i, ox = m % g.ow, oy = (m / g.ow) % g.oh, n = m / per_image;
+          const auto zp8 = static_cast<std::int8_t>(r.zero_point[qrow_of(m)]);   // int8 by construction
+          std::int8_t* dst = cols.data() + i * depth;
+          for (std::size_t ky = 0; ky < g.kh; ++ky) {
+            const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            for (std::size_t kx = 0; kx < g.kw; ++kx, dst += cg) {
+              const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+              if (iy < 0 || ix < 0) {
+                std::fill(dst, dst + cg, zp8);
+                continue;
+              }
+              const std::int8_t* src = r.q.data() + n * image +
+                                       (static_cast<std::size_t>(iy) * g.w + static_cast<std::size_t>(ix)) * g.c +
+                                       grp * cg;
+              std::copy(src, src + cg, dst);
+            }
+          }
+        }
+        a = cols.data();
+      }
+      k.gemm(a, rows, direct ? g.c : depth, rows_w.data() + grp * og * depth, og, depth, wsum.data() + grp * og,
+             c.data() + grp * og, g.o);
+    }
+    for (std::size_t i = 0; i < rows; ++i) {
+      const std::size_t qrow = qrow_of(m0 + i);
+      epilogue_row(plan, c.data() + i * g.o, wsum.data(), r.zero_point[qrow], r.scale[qrow], pcs.data(), b.data(),
+                   g.o, lo, hi, y + (m0 + i) * g.o);
+    }
+  }
+  return true;
+}
+
+}  // namespace qdrift::fast
