@@ -14,6 +14,7 @@
 #include "conv_index.h"
 #include "hybrid_fast.h"
 #include "qdrift/core/check.h"
+#include "qdrift/core/rounding.h"
 
 namespace qdrift {
 namespace {
@@ -22,11 +23,6 @@ namespace {
 std::int32_t neon_round(float v) {
   const float half = v < 0.0f ? -0.5f : 0.5f;
   return static_cast<std::int32_t>(v + half);   // conversion truncates toward zero
-}
-
-// Position-dependent rounding of the TFLite quantizers: blocks of 8 vs the std::round tail.
-std::int32_t tflite_round(float v, std::size_t i, std::size_t block_end) {
-  return i < block_end ? neon_round(v) : static_cast<std::int32_t>(std::round(v));
 }
 
 using detail::clampf;
@@ -124,9 +120,11 @@ void quantize_row_symmetric_tflite(const float* x, std::size_t n, std::int8_t* q
   }
   *scale = range / 127.0f;
   const float inv = 127.0f / range;   // not 1 / scale
-  const std::size_t block_end = n / 8 * 8;
-  for (std::size_t i = 0; i < n; ++i)
-    q[i] = static_cast<std::int8_t>(std::clamp(tflite_round(x[i] * inv, i, block_end), -127, 127));
+  const std::size_t block_end = n / 8 * 8;   // two loops (blocks of 8, tail), so the first vectorizes
+  for (std::size_t i = 0; i < block_end; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(neon_round(x[i] * inv), -127, 127));
+  for (std::size_t i = block_end; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(static_cast<std::int32_t>(std::round(x[i] * inv)), -127, 127));
 }
 
 void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* q, float* scale,
@@ -151,9 +149,11 @@ void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* 
   *scale = static_cast<float>(s);
   *zero_point = zp;
   const auto inv = static_cast<float>(1.0 / static_cast<double>(*scale));
-  const std::size_t block_end = n / 8 * 8;
-  for (std::size_t i = 0; i < n; ++i)
-    q[i] = static_cast<std::int8_t>(std::clamp(zp + tflite_round(x[i] * inv, i, block_end), -128, 127));
+  const std::size_t block_end = n / 8 * 8;   // two loops (blocks of 8, tail), so the first vectorizes
+  for (std::size_t i = 0; i < block_end; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(zp + neon_round(x[i] * inv), -128, 127));
+  for (std::size_t i = block_end; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(zp + static_cast<std::int32_t>(std::round(x[i] * inv)), -128, 127));
 }
 
 void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* scale, std::int32_t* zero_point) {
@@ -170,8 +170,9 @@ void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* 
   *zero_point = zp;
   *scale = 1.0f / k;
   const float lo = static_cast<float>(-128 - zp), hi = static_cast<float>(127 - zp);
+  // round_half_even: nearbyint's result in the default rounding mode, without libm (vectorizes).
   for (std::size_t i = 0; i < n; ++i)
-    q[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(std::nearbyint(clampf(x[i] * k, lo, hi))) + zp);
+    q[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(round_half_even(clampf(x[i] * k, lo, hi))) + zp);
 }
 
 void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, std::size_t in,
