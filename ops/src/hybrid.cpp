@@ -11,6 +11,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "conv_index.h"
 #include "hybrid_fast.h"
 #include "qdrift/core/check.h"
@@ -26,6 +30,50 @@ std::int32_t neon_round(float v) {
 }
 
 using detail::clampf;
+
+// rmin = min(0, x...), rmax = max(0, x...) as one sequential pass of std::min / std::max computes
+// them: NaNs never replace (comparisons with NaN are false) and -0.0 never replaces the starting
+// +0.0. Eight running minima / maxima give the same values (with those two rules, min and max are
+// associative and commutative on the values that can enter), and the loop vectorizes.
+void min_max_with_zero(const float* x, std::size_t n, float* rmin, float* rmax) {
+  constexpr std::size_t kLanes = 8;
+  float lo[kLanes] = {}, hi[kLanes] = {};
+  const std::size_t end = n / kLanes * kLanes;
+#if defined(__SSE2__)
+  // Lane by lane, _mm_min_ps(v, lo) is (v < lo ? v : lo) = std::min(lo, v) and _mm_max_ps(v, hi)
+  // is (v > hi ? v : hi) = std::max(hi, v), NaN and signed zeros included (GCC keeps the scalar
+  // selects scalar).
+  __m128 lo0 = _mm_setzero_ps(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
+  for (std::size_t i = 0; i < end; i += kLanes) {
+    const __m128 v0 = _mm_loadu_ps(x + i), v1 = _mm_loadu_ps(x + i + 4);
+    lo0 = _mm_min_ps(v0, lo0);
+    lo1 = _mm_min_ps(v1, lo1);
+    hi0 = _mm_max_ps(v0, hi0);
+    hi1 = _mm_max_ps(v1, hi1);
+  }
+  _mm_storeu_ps(lo, lo0);
+  _mm_storeu_ps(lo + 4, lo1);
+  _mm_storeu_ps(hi, hi0);
+  _mm_storeu_ps(hi + 4, hi1);
+#else
+  for (std::size_t i = 0; i < end; i += kLanes)
+    for (std::size_t l = 0; l < kLanes; ++l) {
+      lo[l] = std::min(lo[l], x[i + l]);
+      hi[l] = std::max(hi[l], x[i + l]);
+    }
+#endif
+  float a = 0.0f, b = 0.0f;
+  for (std::size_t l = 0; l < kLanes; ++l) {
+    a = std::min(a, lo[l]);
+    b = std::max(b, hi[l]);
+  }
+  for (std::size_t i = end; i < n; ++i) {
+    a = std::min(a, x[i]);
+    b = std::max(b, x[i]);
+  }
+  *rmin = a;
+  *rmax = b;
+}
 
 bool all_zero(const float* x, std::size_t n) {
   return std::all_of(x, x + n, [](float v) { return v == 0.0f; });
@@ -130,10 +178,7 @@ void quantize_row_symmetric_tflite(const float* x, std::size_t n, std::int8_t* q
 void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* q, float* scale,
                                     std::int32_t* zero_point) {
   float rmin = 0.0f, rmax = 0.0f;   // NeonMinMax caps both at zero
-  for (std::size_t i = 0; i < n; ++i) {
-    rmin = std::min(rmin, x[i]);
-    rmax = std::max(rmax, x[i]);
-  }
+  min_max_with_zero(x, n, &rmin, &rmax);
   if (rmin == rmax) {
     std::fill(q, q + n, std::int8_t{0});
     *scale = 1.0f;
@@ -158,10 +203,7 @@ void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* 
 
 void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* scale, std::int32_t* zero_point) {
   float rmin = 0.0f, rmax = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) {
-    rmin = std::min(rmin, x[i]);
-    rmax = std::max(rmax, x[i]);
-  }
+  min_max_with_zero(x, n, &rmin, &rmax);
   const float k = rmin == rmax ? 1.0f : 255.0f / (rmax - rmin);
   const float rmin_k = rmin * k, rmax_k = rmax * k;
   float zf = (-128.0f + rmin_k) + (127.0f + rmax_k) > 0.0f ? -128.0f - rmin_k : 127.0f - rmax_k;
