@@ -299,13 +299,7 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
         }
 }
 
-namespace {
-
-// The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
-// output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
-enum class EigenSum : std::uint8_t {
-  kSequential, kGemv, kRedux, kRedux8, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
-};
+namespace detail {
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
@@ -445,10 +439,17 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
   return t;
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::EigenSum;
+using detail::eigen_dot;
+using detail::eigen_sum_order;
+using detail::gebp_order;
+using detail::tf_gemv_order;
 
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
-                         std::size_t out, const float* bias, float lo, float hi, float* y) {
+                         std::size_t out, const float* bias, float lo, float hi, float* y, Path impl) {
+  if (impl == Path::kFast && fast::fully_connected_f32(path, x, batch, in, filter, out, bias, lo, hi, y)) return;
   const EigenSum order = eigen_sum_order(out, in, batch);
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t o = 0; o < out; ++o) {
@@ -513,7 +514,8 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
 }  // namespace
 
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
-                bool depthwise, float lo, float hi, float* y) {
+                bool depthwise, float lo, float hi, float* y, Path impl) {
+  if (impl == Path::kFast && fast::conv2d_f32(path, g, x, filter, bias, depthwise, lo, hi, y)) return;
   const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
   if (builtin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
     conv2d_f32_im2col(g, x, filter, bias, path == KernelPath::kTfBuiltin, lo, hi, y);

@@ -221,3 +221,199 @@ bool conv2d_hybrid(const detail::Int8Kernels& k, KernelPath path, const ConvGeom
 }
 
 }  // namespace qdrift::fast
+
+// ---- float32 FC / conv in each path's summation order ----------------------------------------
+// Every output is a chain of float operations over its taps in a fixed order (sequential from 0,
+// then + bias; or fused multiply-adds from the bias). The chains of different output channels are
+// independent, so they run side by side in vector lanes, each lane doing exactly its output's
+// chain; outputs the builtin GEMM sums in another order (its edge micro-tiles, matrix-vector
+// products) run the reference's eigen_dot.
+namespace qdrift::fast {
+namespace {
+
+// acc[o] = chain over k of (x[k], w[k * ldw + o]) for o < n: acc + x * w (two roundings) or fma.
+template <bool kFused>
+inline __attribute__((always_inline)) void chain_block(float* __restrict acc, const float* __restrict x,
+                                                       const float* __restrict w, std::size_t ldw,
+                                                       std::size_t depth, std::size_t n) {
+  constexpr std::size_t kBlock = 32;   // accumulators held in registers across the depth loop
+  std::size_t o0 = 0;
+  for (; o0 + kBlock <= n; o0 += kBlock) {
+    float a[kBlock];
+    for (std::size_t j = 0; j < kBlock; ++j) a[j] = acc[o0 + j];
+    for (std::size_t k = 0; k < depth; ++k) {
+      const float xk = x[k];
+      const float* wr = w + k * ldw + o0;
+      for (std::size_t j = 0; j < kBlock; ++j) a[j] = kFused ? std::fma(xk, wr[j], a[j]) : a[j] + xk * wr[j];
+    }
+    for (std::size_t j = 0; j < kBlock; ++j) acc[o0 + j] = a[j];
+  }
+  for (std::size_t k = 0; o0 < n && k < depth; ++k) {
+    const float xk = x[k];
+    const float* wr = w + k * ldw;
+    for (std::size_t o = o0; o < n; ++o) acc[o] = kFused ? std::fma(xk, wr[o], acc[o]) : acc[o] + xk * wr[o];
+  }
+}
+
+// acc[o] = chain over taps of (x[o / multiplier], w[o]) for one tap of a one-input-channel-per-
+// group conv (depthwise): the tap's weights are contiguous over output channels.
+template <bool kFused>
+inline __attribute__((always_inline)) void depthwise_chain(float* __restrict acc, const float* __restrict x,
+                                                           const float* __restrict w, std::size_t n,
+                                                           std::size_t multiplier) {
+  if (multiplier == 1) {
+    for (std::size_t o = 0; o < n; ++o) acc[o] = kFused ? std::fma(x[o], w[o], acc[o]) : acc[o] + x[o] * w[o];
+    return;
+  }
+  for (std::size_t o = 0; o < n; ++o) {
+    const float xo = x[o / multiplier];
+    acc[o] = kFused ? std::fma(xo, w[o], acc[o]) : acc[o] + xo * w[o];
+  }
+}
+
+struct ChainKernels {
+  void (*chain)(float*, const float*, const float*, std::size_t, std::size_t, std::size_t);
+  void (*depthwise)(float*, const float*, const float*, std::size_t, std::size_t);
+};
+
+template <bool kFused>
+void chain_generic(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
+  chain_block<kFused>(acc, x, w, ldw, depth, n);
+}
+template <bool kFused>
+void depthwise_generic(float* acc, const float* x, const float* w, std::size_t n, std::size_t multiplier) {
+  depthwise_chain<kFused>(acc, x, w, n, multiplier);
+}
+#if defined(__x86_64__)
+// The same loops with AVX2 + FMA3: 8 lanes, and std::fma as one instruction (exactly rounded, so
+// the same bits as libm's fmaf).
+template <bool kFused>
+__attribute__((target("avx2,fma"))) void chain_avx2(float* acc, const float* x, const float* w, std::size_t ldw,
+                                                     std::size_t depth, std::size_t n) {
+  chain_block<kFused>(acc, x, w, ldw, depth, n);
+}
+template <bool kFused>
+__attribute__((target("avx2,fma"))) void depthwise_avx2(float* acc, const float* x, const float* w, std::size_t n,
+                                                         std::size_t multiplier) {
+  depthwise_chain<kFused>(acc, x, w, n, multiplier);
+}
+#endif
+
+template <bool kFused>
+const ChainKernels& chain_kernels() {
+  static const ChainKernels k = [] {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return ChainKernels{&chain_avx2<kFused>, &depthwise_avx2<kFused>};
+#endif
+    return ChainKernels{&chain_generic<kFused>, &depthwise_generic<kFused>};
+  }();
+  return k;
+}
+
+void chain(bool fused, float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
+  (fused ? chain_kernels<true>() : chain_kernels<false>()).chain(acc, x, w, ldw, depth, n);
+}
+
+}  // namespace
+
+bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
+                         std::size_t out, const float* bias, float lo, float hi, float* y) {
+  const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
+  const bool avx = path == KernelPath::kTfBuiltin;
+  // Matrix-vector and tiny products sum each output in lanes of its own: the reference runs them.
+  if (builtin && detail::eigen_sum_order(out, in, batch) != detail::EigenSum::kSequential) return false;
+  const bool fused = path == KernelPath::kXnnpack;
+  std::vector<float> wt(in * out);   // filter (out, in) -> (in, out): each tap's weights contiguous over outputs
+  for (std::size_t o = 0; o < out; ++o)
+    for (std::size_t i = 0; i < in; ++i) wt[i * out + o] = filter[o * in + i];
+  std::vector<float> acc(out);
+  for (std::size_t b = 0; b < batch; ++b) {
+    for (std::size_t o = 0; o < out; ++o) acc[o] = fused && bias ? bias[o] : 0.0f;
+    chain(fused, acc.data(), x + b * in, wt.data(), out, in, out);
+    float* yr = y + b * out;
+    for (std::size_t o = 0; o < out; ++o) {
+      float v = acc[o];
+      if (!fused) {   // reference and the builtin GEMM's sequential tiles: the sum, then + bias
+        const detail::EigenSum order = builtin ? detail::gebp_order(o, b, out, batch, avx) : detail::EigenSum::kSequential;
+        if (order != detail::EigenSum::kSequential) v = detail::eigen_dot(order, x + b * in, filter + o * in, in, avx);
+        v += bias ? bias[o] : 0.0f;
+      }
+      yr[o] = detail::clampf(v, lo, hi);
+    }
+  }
+  return true;
+}
+
+bool conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
+                bool depthwise, float lo, float hi, float* y) {
+  const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
+  const std::size_t pixels = g.n * g.oh * g.ow, per_image = g.oh * g.ow;
+  if (builtin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM's orders
+    const bool avx = path == KernelPath::kTfBuiltin;
+    const std::size_t depth = g.kh * g.kw * g.c;
+    if (detail::eigen_sum_order(g.o, depth, pixels) != detail::EigenSum::kSequential) return false;
+    const std::size_t tile = avx ? 16 : 8;   // gebp_order: rows in whole tiles of `tile`, or columns
+    std::vector<float> patch(depth), acc(g.o), rows;   // past the last whole group of 4, sum in order
+    for (std::size_t m = 0; m < pixels; ++m) {
+      const std::size_t ox = m % g.ow, oy = (m / g.ow) % g.oh, n = m / per_image;
+      for (std::size_t ky = 0; ky < g.kh; ++ky)
+        for (std::size_t kx = 0; kx < g.kw; ++kx) {
+          const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+          const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+          float* dst = patch.data() + (ky * g.kw + kx) * g.c;
+          if (iy < 0 || ix < 0) {
+            std::fill(dst, dst + g.c, 0.0f);   // padding as zeros, summed like any tap
+          } else {
+            const float* src = x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c;
+            std::copy(src, src + g.c, dst);
+          }
+        }
+      const std::size_t sequential = m >= pixels / 4 * 4 ? g.o : g.o / tile * tile;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      chain(false, acc.data(), patch.data(), filter, g.o, depth, sequential);   // filter (depth, O) as stored
+      if (sequential < g.o && rows.empty()) {   // filter rows (O, depth) for the other tiles' orders
+        rows.resize(g.o * depth);
+        for (std::size_t oc = 0; oc < g.o; ++oc)
+          for (std::size_t k = 0; k < depth; ++k) rows[oc * depth + k] = filter[k * g.o + oc];
+      }
+      for (std::size_t oc = sequential; oc < g.o; ++oc)
+        acc[oc] = detail::eigen_dot(detail::gebp_order(oc, m, g.o, pixels, avx), patch.data(),
+                                    rows.data() + oc * depth, depth, avx);
+      for (std::size_t oc = 0; oc < g.o; ++oc) y[m * g.o + oc] = detail::clampf(acc[oc] + (bias ? bias[oc] : 0.0f), lo, hi);
+    }
+    return true;
+  }
+  const bool fused = path == KernelPath::kXnnpack;
+  const bool from_bias = fused || (builtin && depthwise);
+  const bool columns_first = fused && g.cg() == 1 && g.og() == 1;   // XNNPACK's dwconv: kx outer, ky inner
+  const std::size_t cg = g.cg(), og = g.og();
+  const ChainKernels& k = fused ? chain_kernels<true>() : chain_kernels<false>();
+  std::vector<float> acc(g.o);
+  for (std::size_t m = 0; m < pixels; ++m) {
+    const std::size_t ox = m % g.ow, oy = (m / g.ow) % g.oh, n = m / per_image;
+    for (std::size_t oc = 0; oc < g.o; ++oc) acc[oc] = from_bias && bias ? bias[oc] : 0.0f;
+    for (std::size_t t = 0; t < g.kh * g.kw; ++t) {
+      const std::size_t ky = columns_first ? t % g.kh : t / g.kw, kx = columns_first ? t / g.kh : t % g.kw;
+      const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+      const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
+      if (iy < 0 || ix < 0) continue;   // padding adds nothing
+      const float* xp = x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c;
+      const float* wp = filter + (ky * g.kw + kx) * cg * g.o;
+      if (cg == 1) {
+        k.depthwise(acc.data(), xp, wp, g.o, og);
+      } else {
+        for (std::size_t grp = 0; grp < g.groups; ++grp)
+          k.chain(acc.data() + grp * og, xp + grp * cg, wp + grp * og, g.o, cg, og);
+      }
+    }
+    for (std::size_t oc = 0; oc < g.o; ++oc) {
+      const float v = from_bias ? acc[oc] : acc[oc] + (bias ? bias[oc] : 0.0f);
+      y[m * g.o + oc] = detail::clampf(v, lo, hi);
+    }
+  }
+  return true;
+}
+
+}  // namespace qdrift::fast

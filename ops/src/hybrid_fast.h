@@ -60,6 +60,19 @@ struct HybridConvPlan {
 HybridConvPlan hybrid_conv_plan(KernelPath path, const ConvGeometry& g, const float* filter_scale,
                                 std::size_t n_scales, bool depthwise);
 
+// ---- the builtin float GEMM's summation orders (defined in hybrid.cpp) ----------------------
+// The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
+// output in one of these orders, depending on which Eigen product runs. P = 4 (SSE packets).
+enum class EigenSum : std::uint8_t {
+  kSequential, kGemv, kRedux, kRedux8, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
+};
+// The product's order for an (out x depth) * (depth x cols) product; kSequential means the blocked
+// GEMM, whose per-output order gebp_order gives (kSequential: t = 0, t += x[i] * w[i] for i in order).
+EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols);
+EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols, bool avx);
+EigenSum tf_gemv_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols);
+float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth, bool avx);
+
 }  // namespace qdrift::detail
 
 namespace qdrift::fast {
@@ -74,5 +87,12 @@ bool fully_connected_hybrid(const detail::Int8Kernels& k, KernelPath path, const
 bool conv2d_hybrid(const detail::Int8Kernels& k, KernelPath path, const ConvGeometry& g, const float* x,
                    const std::int8_t* filter, const float* filter_scale, std::size_t n_scales, const float* bias,
                    bool depthwise, float lo, float hi, float* y);
+
+// The float32 kernels with the output channels' chains in vector lanes (same bits); false (before
+// writing) for the builtin GEMM's matrix-vector and tiny products, which the reference runs.
+bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
+                         std::size_t out, const float* bias, float lo, float hi, float* y);
+bool conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
+                bool depthwise, float lo, float hi, float* y);
 
 }  // namespace qdrift::fast

@@ -181,7 +181,8 @@ def _linear(model, op, get, out, kernels, path="auto"):
                                              asymmetric_inputs=bool(op.options.get("asymmetric_quantize_inputs")),
                                              lo=lo, hi=hi, path=path)
         else:
-            y = _core.fully_connected_f32(x2, np.ascontiguousarray(w, np.float32), bias, kernels=kernels, lo=lo, hi=hi)
+            y = _core.fully_connected_f32(x2, np.ascontiguousarray(w, np.float32), bias, kernels=kernels, lo=lo, hi=hi,
+                                          path=path)
         return y.reshape(x.shape[:-1] + (w.shape[0],)) if op.options.get("keep_num_dims") else y
     if name == "CONV_2D":
         groups = x.shape[3] // w.shape[3]
@@ -195,4 +196,4 @@ def _linear(model, op, get, out, kernels, path="auto"):
         return _core.conv2d_hybrid(x, f, scales, bias, kernels=kernels, depthwise=name == "DEPTHWISE_CONV_2D",
                                    path=path, **geometry)
     return _core.conv2d_f32(x, f.astype(np.float32), bias, kernels=kernels, depthwise=name == "DEPTHWISE_CONV_2D",
-                            **geometry)
+                            path=path, **geometry)

@@ -106,8 +106,7 @@ def test_conv2d_fast_equals_reference(rng, kernels):
         kw = dict(kernels=kernels, depthwise=p["depthwise"], **p["geometry"], **act)
         ref = _core.conv2d_hybrid(x, f, scale, bias, path="reference", **kw)
         fast = _core.conv2d_hybrid(x, f, scale, bias, path="fast", **kw)
-        assert same_bits(fast, ref), dict(trial=trial, act=act, scales=scale.size, bias=bias is not None,
-                                          **{k: v for k, v in p.items() if k != "geometry"}, **p["geometry"])
+        assert same_bits(fast, ref), dict(trial=trial, act=act, scales=scale.size, bias=bias is not None, conv=p)
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
@@ -154,3 +153,53 @@ def test_model_run_path(rng):
     for kernels in ("reference", "builtin", "xnnpack"):
         ref = tm.run(x, kernels=kernels, path="reference")
         assert same_bits(tm.run(x, kernels=kernels), ref), kernels
+
+
+def float_weights(rng, shape):
+    w = rng.normal(size=shape).astype(np.float32)
+    if rng.integers(3) == 0:   # exact zeros of both signs: the chains' signed-zero rules show
+        w[rng.uniform(size=shape) < 0.3] = -0.0
+        w[rng.uniform(size=shape) < 0.2] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fully_connected_f32_fast_equals_reference(rng, kernels):
+    """float32 FC: the output channels' chains in vector lanes vs the reference loops (builtin:
+    outputs in the GEMM's sequential tiles and in its edge tiles; matrix-vector products)."""
+    for trial in range(60):
+        batch = int(rng.choice((0, 1, 2, 3, 4, 5, 8, 9, 17, 33, 70)))
+        n_in, out = int(rng.choice(EDGE + (0, 100))), int(rng.choice(EDGE + (0, 40, 100)))
+        x = random_floats(rng, (batch, n_in))
+        w = float_weights(rng, (out, n_in))
+        bias = None if rng.integers(4) == 0 else rng.normal(size=out).astype(np.float32)
+        _, _, act = random_epilogue(rng, out)
+        ref = _core.fully_connected_f32(x, w, bias, kernels=kernels, path="reference", **act)
+        fast = _core.fully_connected_f32(x, w, bias, kernels=kernels, **act)
+        assert same_bits(fast, ref), dict(trial=trial, batch=batch, n_in=n_in, out=out, act=act)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_conv2d_f32_fast_equals_reference(rng, kernels):
+    """float32 CONV_2D / DEPTHWISE_CONV_2D: im2col + the builtin GEMM's orders, and the per-tap
+    chains (reference, XNNPACK's fma from the bias and its column-first depthwise order, builtin
+    depthwise), over the same randomized geometries as the hybrid test."""
+    for trial in range(50):
+        p = random_conv(rng)
+        if rng.integers(3) == 0:
+            p["o"] = p["groups"] * int(rng.choice((8, 12, 17))) if not p["depthwise"] else p["o"]
+        x = random_floats(rng, (p["n"], p["h"], p["w"], p["c"]))
+        f = float_weights(rng, p["k"] + (p["c"] // p["groups"], p["o"]))
+        bias = None if rng.integers(4) == 0 else rng.normal(size=p["o"]).astype(np.float32)
+        _, _, act = random_epilogue(rng, p["o"])
+        kw = dict(kernels=kernels, depthwise=p["depthwise"], **p["geometry"], **act)
+        ref = _core.conv2d_f32(x, f, bias, path="reference", **kw)
+        fast = _core.conv2d_f32(x, f, bias, **kw)
+        assert same_bits(fast, ref), dict(trial=trial, act=act, conv=p)
+    for c, o, k, groups, depthwise in [(32, 40, 3, 1, False), (16, 16, 3, 16, True), (8, 24, 3, 8, True),
+                                       (24, 36, 3, 3, False)]:   # realistic widths: whole blocks of 32 lanes
+        x = random_floats(rng, (2, 9, 10, c))
+        f = float_weights(rng, (k, k, c // groups, o))
+        kw = dict(kernels=kernels, depthwise=depthwise, padding="same", groups=groups)
+        assert same_bits(_core.conv2d_f32(x, f, None, **kw), _core.conv2d_f32(x, f, None, path="reference", **kw)), \
+            (c, o, k, groups, depthwise)

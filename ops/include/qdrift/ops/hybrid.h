@@ -84,12 +84,15 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   pixel can differ in the last bits.
 // xnnpack: fused multiply-adds starting from the bias; taps in the reference order, except
 //   depthwise with one output per input channel (XNNPACK's dwconv), which walks kx outer, ky inner.
+// impl: kReference the loops below; kFast (same bits) runs the output channels' chains side by
+// side in vector lanes (hybrid_fast.cpp), the reference for matrix-vector / tiny builtin products.
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
-                         std::size_t out, const float* bias, float lo, float hi, float* y);
+                         std::size_t out, const float* bias, float lo, float hi, float* y,
+                         Path impl = Path::kReference);
 // `depthwise` marks DEPTHWISE_CONV_2D (builtin: its own kernel, which starts each sum from the
 // bias and adds the taps ky, kx in order).
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
-                bool depthwise, float lo, float hi, float* y);
+                bool depthwise, float lo, float hi, float* y, Path impl = Path::kReference);
 
 // Float TANH / LOGISTIC as the reference kernels compute them: std::tanh; logistic
 // 1 / (1 + exp(-x)) with TFLite's cut-offs (1 above 16.619047, exp(x) below -9).
