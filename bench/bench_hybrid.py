@@ -1,7 +1,7 @@
-"""Dynamic-range ("hybrid") dense and conv2d: qdrift's from_tflite run, fast kernels (path="auto")
-and the readable reference loops (path="reference"), vs the LiteRT interpreter on the same .tflite
-file (builtin kernels and XNNPACK), single thread, in one run. Every timed qdrift result is first
-checked to equal LiteRT's output bit for bit."""
+"""Dynamic-range ("hybrid") and float32 dense / conv2d / depthwise: qdrift's from_tflite run, fast
+kernels (path="auto") and the readable reference loops (path="reference"), vs the LiteRT
+interpreter on the same .tflite file (builtin kernels and XNNPACK), single thread, in one run.
+Every timed qdrift result is first checked to equal LiteRT's output bit for bit."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -40,39 +40,47 @@ def interpreter(flatbuffer, kernels, x):
     return call
 
 
+def measure(label, flatbuffer, x):
+    tm = qd.from_tflite(flatbuffer)
+    row = dict(case=label)
+    for kernels in RESOLVERS:
+        call = interpreter(flatbuffer, kernels, x)
+        expected = call()
+        for path in ("auto", "reference"):   # the same bits, timed
+            assert np.array_equal(tm.run(x, kernels=kernels, path=path), expected), (label, kernels, path)
+        row[f"qdrift_ref_{kernels}_ms"] = best_time(lambda: tm.run(x, kernels=kernels, path="reference"),
+                                                    repeats=3) * 1e3
+        row[f"qdrift_fast_{kernels}_ms"] = best_time(lambda: tm.run(x, kernels=kernels, path="auto")) * 1e3
+        row[f"litert_{kernels}_ms"] = best_time(call) * 1e3
+        row[f"fast_over_ref_{kernels}"] = row[f"qdrift_ref_{kernels}_ms"] / row[f"qdrift_fast_{kernels}_ms"]
+        row[f"litert_over_fast_{kernels}"] = row[f"litert_{kernels}_ms"] / row[f"qdrift_fast_{kernels}_ms"]
+    return row
+
+
 def run():
     rng = np.random.default_rng(0)
-    rows = []
-    for label, shape, make in CASES:
-        km = keras.Sequential([keras.Input(shape=shape[1:]), make()])
-        km.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in km.get_weights()])
-        conv = tf.lite.TFLiteConverter.from_keras_model(km)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        flatbuffer = conv.convert()
-        tm = qd.from_tflite(flatbuffer)
-        x = rng.normal(size=shape).astype(np.float32)
-        row = dict(case=label)
+    results = {}
+    for weights in ("hybrid", "float32"):
+        rows = []
+        for label, shape, make in CASES:
+            km = keras.Sequential([keras.Input(shape=shape[1:]), make()])
+            km.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in km.get_weights()])
+            conv = tf.lite.TFLiteConverter.from_keras_model(km)
+            if weights == "hybrid":
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]   # no representative data: dynamic range
+            rows.append(measure(label, conv.convert(), rng.normal(size=shape).astype(np.float32)))
+        results[weights] = rows
+    print("single thread, ms; speedup = qdrift reference / fast; vs LiteRT = LiteRT / qdrift fast "
+          "(> 1: qdrift is faster)")
+    for weights, rows in results.items():
         for kernels in RESOLVERS:
-            call = interpreter(flatbuffer, kernels, x)
-            expected = call()
-            for path in ("auto", "reference"):   # the same bits, timed
-                assert np.array_equal(tm.run(x, kernels=kernels, path=path), expected), (label, kernels, path)
-            row[f"qdrift_ref_{kernels}_ms"] = best_time(lambda: tm.run(x, kernels=kernels, path="reference"),
-                                                        repeats=3) * 1e3
-            row[f"qdrift_fast_{kernels}_ms"] = best_time(lambda: tm.run(x, kernels=kernels, path="auto")) * 1e3
-            row[f"litert_{kernels}_ms"] = best_time(call) * 1e3
-            row[f"fast_over_ref_{kernels}"] = row[f"qdrift_ref_{kernels}_ms"] / row[f"qdrift_fast_{kernels}_ms"]
-            row[f"litert_over_fast_{kernels}"] = row[f"litert_{kernels}_ms"] / row[f"qdrift_fast_{kernels}_ms"]
-        rows.append(row)
-    print("single thread, ms; speedup = reference / fast; vs LiteRT = LiteRT / fast (> 1: qdrift is faster)")
-    for kernels in RESOLVERS:
-        print(f"-- LiteRT {kernels} path")
-        print(f"{'case':<34}{'qd ref':>9}{'qd fast':>9}{'LiteRT':>9}{'speedup':>9}{'vs LiteRT':>10}")
-        for r in rows:
-            print(f"{r['case']:<34}{r[f'qdrift_ref_{kernels}_ms']:>9.3f}{r[f'qdrift_fast_{kernels}_ms']:>9.3f}"
-                  f"{r[f'litert_{kernels}_ms']:>9.3f}{r[f'fast_over_ref_{kernels}']:>9.1f}"
-                  f"{r[f'litert_over_fast_{kernels}']:>10.3f}")
-    return rows
+            print(f"-- {weights} weights, LiteRT {kernels} path")
+            print(f"{'case':<34}{'qd ref':>9}{'qd fast':>9}{'LiteRT':>9}{'speedup':>9}{'vs LiteRT':>10}")
+            for r in rows:
+                print(f"{r['case']:<34}{r[f'qdrift_ref_{kernels}_ms']:>9.3f}{r[f'qdrift_fast_{kernels}_ms']:>9.3f}"
+                      f"{r[f'litert_{kernels}_ms']:>9.3f}{r[f'fast_over_ref_{kernels}']:>9.1f}"
+                      f"{r[f'litert_over_fast_{kernels}']:>10.3f}")
+    return results
 
 
 if __name__ == "__main__":

@@ -255,6 +255,29 @@ inline __attribute__((always_inline)) void chain_block(float* __restrict acc, co
   }
 }
 
+// The same chains with w in rows (w[o * ldw + k]): eight outputs' chains interleaved, for few
+// batch rows, where transposing the filter would cost more than the products.
+template <bool kFused>
+inline __attribute__((always_inline)) void chain_rows(float* __restrict acc, const float* __restrict x,
+                                                      const float* __restrict w, std::size_t ldw,
+                                                      std::size_t depth, std::size_t n) {
+  constexpr std::size_t kBlock = 8;
+  std::size_t o0 = 0;
+  for (; o0 + kBlock <= n; o0 += kBlock) {
+    float a[kBlock];
+    for (std::size_t j = 0; j < kBlock; ++j) a[j] = acc[o0 + j];
+    for (std::size_t k = 0; k < depth; ++k)
+      for (std::size_t j = 0; j < kBlock; ++j) {
+        const float wk = w[(o0 + j) * ldw + k];
+        a[j] = kFused ? std::fma(x[k], wk, a[j]) : a[j] + x[k] * wk;
+      }
+    for (std::size_t j = 0; j < kBlock; ++j) acc[o0 + j] = a[j];
+  }
+  for (std::size_t o = o0; o < n; ++o)
+    for (std::size_t k = 0; k < depth; ++k)
+      acc[o] = kFused ? std::fma(x[k], w[o * ldw + k], acc[o]) : acc[o] + x[k] * w[o * ldw + k];
+}
+
 // acc[o] = chain over taps of (x[o / multiplier], w[o]) for one tap of a one-input-channel-per-
 // group conv (depthwise): the tap's weights are contiguous over output channels.
 template <bool kFused>
@@ -273,12 +296,17 @@ inline __attribute__((always_inline)) void depthwise_chain(float* __restrict acc
 
 struct ChainKernels {
   void (*chain)(float*, const float*, const float*, std::size_t, std::size_t, std::size_t);
+  void (*rows)(float*, const float*, const float*, std::size_t, std::size_t, std::size_t);
   void (*depthwise)(float*, const float*, const float*, std::size_t, std::size_t);
 };
 
 template <bool kFused>
 void chain_generic(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
   chain_block<kFused>(acc, x, w, ldw, depth, n);
+}
+template <bool kFused>
+void rows_generic(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
+  chain_rows<kFused>(acc, x, w, ldw, depth, n);
 }
 template <bool kFused>
 void depthwise_generic(float* acc, const float* x, const float* w, std::size_t n, std::size_t multiplier) {
@@ -293,6 +321,11 @@ __attribute__((target("avx2,fma"))) void chain_avx2(float* acc, const float* x, 
   chain_block<kFused>(acc, x, w, ldw, depth, n);
 }
 template <bool kFused>
+__attribute__((target("avx2,fma"))) void rows_avx2(float* acc, const float* x, const float* w, std::size_t ldw,
+                                                    std::size_t depth, std::size_t n) {
+  chain_rows<kFused>(acc, x, w, ldw, depth, n);
+}
+template <bool kFused>
 __attribute__((target("avx2,fma"))) void depthwise_avx2(float* acc, const float* x, const float* w, std::size_t n,
                                                          std::size_t multiplier) {
   depthwise_chain<kFused>(acc, x, w, n, multiplier);
@@ -305,9 +338,9 @@ const ChainKernels& chain_kernels() {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return ChainKernels{&chain_avx2<kFused>, &depthwise_avx2<kFused>};
+      return ChainKernels{&chain_avx2<kFused>, &rows_avx2<kFused>, &depthwise_avx2<kFused>};
 #endif
-    return ChainKernels{&chain_generic<kFused>, &depthwise_generic<kFused>};
+    return ChainKernels{&chain_generic<kFused>, &rows_generic<kFused>, &depthwise_generic<kFused>};
   }();
   return k;
 }
@@ -325,22 +358,40 @@ bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
   // Matrix-vector and tiny products sum each output in lanes of its own: the reference runs them.
   if (builtin && detail::eigen_sum_order(out, in, batch) != detail::EigenSum::kSequential) return false;
   const bool fused = path == KernelPath::kXnnpack;
-  std::vector<float> wt(in * out);   // filter (out, in) -> (in, out): each tap's weights contiguous over outputs
-  for (std::size_t o = 0; o < out; ++o)
-    for (std::size_t i = 0; i < in; ++i) wt[i * out + o] = filter[o * in + i];
-  std::vector<float> acc(out);
-  for (std::size_t b = 0; b < batch; ++b) {
-    for (std::size_t o = 0; o < out; ++o) acc[o] = fused && bias ? bias[o] : 0.0f;
-    chain(fused, acc.data(), x + b * in, wt.data(), out, in, out);
-    float* yr = y + b * out;
-    for (std::size_t o = 0; o < out; ++o) {
-      float v = acc[o];
-      if (!fused) {   // reference and the builtin GEMM's sequential tiles: the sum, then + bias
-        const detail::EigenSum order = builtin ? detail::gebp_order(o, b, out, batch, avx) : detail::EigenSum::kSequential;
-        if (order != detail::EigenSum::kSequential) v = detail::eigen_dot(order, x + b * in, filter + o * in, in, avx);
-        v += bias ? bias[o] : 0.0f;
+  // filter (out, in) -> (in, out), in tiles (a plain strided transpose thrashes the cache): each
+  // tap's weights contiguous over outputs. Worth it from a few batch rows on.
+  const ChainKernels& k = fused ? chain_kernels<true>() : chain_kernels<false>();
+  const bool transpose = batch >= 4;
+  constexpr std::size_t kTile = 16;
+  std::vector<float> wt(transpose ? in * out : 0);
+  for (std::size_t o0 = 0; transpose && o0 < out; o0 += kTile)
+    for (std::size_t i0 = 0; i0 < in; i0 += kTile)
+      for (std::size_t o = o0; o < std::min(out, o0 + kTile); ++o)
+        for (std::size_t i = i0; i < std::min(in, i0 + kTile); ++i) wt[i * out + o] = filter[o * in + i];
+  // Blocks of outputs outer, batch rows inner: a block's weights stay in cache across the rows.
+  constexpr std::size_t kOutBlock = 64;
+  float acc[kOutBlock];
+  for (std::size_t o0 = 0; o0 < out; o0 += kOutBlock) {
+    const std::size_t nb = std::min(kOutBlock, out - o0);
+    for (std::size_t b = 0; b < batch; ++b) {
+      for (std::size_t j = 0; j < nb; ++j) acc[j] = fused && bias ? bias[o0 + j] : 0.0f;
+      if (transpose) {
+        k.chain(acc, x + b * in, wt.data() + o0, out, in, nb);
+      } else {
+        k.rows(acc, x + b * in, filter + o0 * in, in, in, nb);
       }
-      yr[o] = detail::clampf(v, lo, hi);
+      float* yr = y + b * out;
+      for (std::size_t j = 0; j < nb; ++j) {
+        const std::size_t o = o0 + j;
+        float v = acc[j];
+        if (!fused) {   // reference and the builtin GEMM's sequential tiles: the sum, then + bias
+          const detail::EigenSum order =
+              builtin ? detail::gebp_order(o, b, out, batch, avx) : detail::EigenSum::kSequential;
+          if (order != detail::EigenSum::kSequential) v = detail::eigen_dot(order, x + b * in, filter + o * in, in, avx);
+          v += bias ? bias[o] : 0.0f;
+        }
+        yr[o] = detail::clampf(v, lo, hi);
+      }
     }
   }
   return true;
