@@ -223,7 +223,7 @@ void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, 
                             float* y, Path impl) {
   check_scales(n_scales, out, "fully_connected_hybrid");
   if (impl == Path::kFast &&
-      fast::fully_connected_hybrid(detail::available_int8_kernels().back(), path, x, batch, in, filter, out,
+      fast::fully_connected_hybrid(detail::available_int8_kernels().back(), detail::available_float_kernels().back(), path, x, batch, in, filter, out,
                                    filter_scale, n_scales, bias, asymmetric_inputs, lo, hi, y))
     return;
   std::vector<std::int32_t> row_sum(out, 0);
@@ -264,7 +264,7 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
                    const float* filter_scale, std::size_t n_scales, const float* bias, bool depthwise, float lo,
                    float hi, float* y, Path impl) {
   check_scales(n_scales, g.o, "conv2d_hybrid");
-  if (impl == Path::kFast && fast::conv2d_hybrid(detail::available_int8_kernels().back(), path, g, x, filter,
+  if (impl == Path::kFast && fast::conv2d_hybrid(detail::available_int8_kernels().back(), detail::available_float_kernels().back(), path, g, x, filter,
                                                  filter_scale, n_scales, bias, depthwise, lo, hi, y))
     return;
   const std::size_t image = g.h * g.w * g.c;
@@ -449,7 +449,7 @@ using detail::tf_gemv_order;
 
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
                          std::size_t out, const float* bias, float lo, float hi, float* y, Path impl) {
-  if (impl == Path::kFast && fast::fully_connected_f32(path, x, batch, in, filter, out, bias, lo, hi, y)) return;
+  if (impl == Path::kFast && fast::fully_connected_f32(detail::available_float_kernels().back(), path, x, batch, in, filter, out, bias, lo, hi, y)) return;
   const EigenSum order = eigen_sum_order(out, in, batch);
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t o = 0; o < out; ++o) {
@@ -515,7 +515,7 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
 
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
                 bool depthwise, float lo, float hi, float* y, Path impl) {
-  if (impl == Path::kFast && fast::conv2d_f32(path, g, x, filter, bias, depthwise, lo, hi, y)) return;
+  if (impl == Path::kFast && fast::conv2d_f32(detail::available_float_kernels().back(), path, g, x, filter, bias, depthwise, lo, hi, y)) return;
   const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
   if (builtin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
     conv2d_f32_im2col(g, x, filter, bias, path == KernelPath::kTfBuiltin, lo, hi, y);

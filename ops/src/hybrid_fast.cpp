@@ -39,37 +39,11 @@ inline __attribute__((always_inline)) void epilogue_run(const std::int32_t* __re
   }
 }
 
-void fma_run(const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp, float sf, const float* pcs,
-             const float* b, std::size_t begin, std::size_t end, float lo, float hi, float* y) {
-  epilogue_run<ConvEpilogue::kFma>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
-}
-
-#if defined(__x86_64__)
-// The same loop where the CPU has FMA3: std::fma becomes one vfmadd (fma is exactly rounded, so
-// the instruction and libm's fmaf give the same bits), and the loop vectorizes.
-__attribute__((target("avx2,fma"))) void fma_run_fma3(const std::int32_t* c, const std::int32_t* wsum,
-                                                       std::int32_t zp, float sf, const float* pcs, const float* b,
-                                                       std::size_t begin, std::size_t end, float lo, float hi,
-                                                       float* y) {
-  epilogue_run<ConvEpilogue::kFma>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
-}
-#endif
-
-using FmaRun = void (*)(const std::int32_t*, const std::int32_t*, std::int32_t, float, const float*, const float*,
-                        std::size_t, std::size_t, float, float, float*);
-FmaRun best_fma_run() {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &fma_run_fma3;
-#endif
-  return &fma_run;
-}
-
-void epilogue_run(ConvEpilogue e, const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp, float sf,
-                  const float* pcs, const float* b, std::size_t begin, std::size_t end, float lo, float hi, float* y) {
-  static const FmaRun fma_loop = best_fma_run();
+void epilogue_run(const detail::FloatKernels& fk, ConvEpilogue e, const std::int32_t* c, const std::int32_t* wsum,
+                  std::int32_t zp, float sf, const float* pcs, const float* b, std::size_t begin, std::size_t end,
+                  float lo, float hi, float* y) {
   switch (e) {
-    case ConvEpilogue::kFma: fma_loop(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y); break;
+    case ConvEpilogue::kFma: fk.fma_epilogue(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y); break;
     case ConvEpilogue::kScaleProduct:
       epilogue_run<ConvEpilogue::kScaleProduct>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
       break;
@@ -83,11 +57,12 @@ void epilogue_run(ConvEpilogue e, const std::int32_t* c, const std::int32_t* wsu
 }
 
 // One output row under the plan's head / tail split.
-void epilogue_row(const detail::HybridConvPlan& p, const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp,
-                  float sf, const float* pcs, const float* b, std::size_t n, float lo, float hi, float* y) {
+void epilogue_row(const detail::FloatKernels& fk, const detail::HybridConvPlan& p, const std::int32_t* c,
+                  const std::int32_t* wsum, std::int32_t zp, float sf, const float* pcs, const float* b, std::size_t n,
+                  float lo, float hi, float* y) {
   const std::size_t split = std::min(p.tail_start, n);
-  epilogue_run(p.head, c, wsum, zp, sf, pcs, b, 0, split, lo, hi, y);
-  epilogue_run(p.tail, c, wsum, zp, sf, pcs, b, split, n, lo, hi, y);
+  epilogue_run(fk, p.head, c, wsum, zp, sf, pcs, b, 0, split, lo, hi, y);
+  epilogue_run(fk, p.tail, c, wsum, zp, sf, pcs, b, split, n, lo, hi, y);
 }
 
 std::vector<float> per_channel(const float* v, std::size_t n_values, std::size_t n) {
@@ -102,7 +77,7 @@ bool all_zero(const float* x, std::size_t n) {
 
 }  // namespace
 
-bool fully_connected_hybrid(const detail::Int8Kernels& k, KernelPath path, const float* x, std::size_t batch,
+bool fully_connected_hybrid(const detail::Int8Kernels& k, const detail::FloatKernels& fk, KernelPath path, const float* x, std::size_t batch,
                             std::size_t in, const std::int8_t* filter, std::size_t out, const float* filter_scale,
                             std::size_t n_scales, const float* bias, bool asymmetric_inputs, float lo, float hi,
                             float* y) {
@@ -129,13 +104,13 @@ bool fully_connected_hybrid(const detail::Int8Kernels& k, KernelPath path, const
     const std::size_t rows = std::min(kChunkRows, batch - n0);
     k.gemm(r.q.data() + n0 * in, rows, in, filter, out, in, wsum.data(), c.data(), out);
     for (std::size_t i = 0; i < rows; ++i)
-      epilogue_row(plan, c.data() + i * out, wsum.data(), r.zero_point[n0 + i], r.scale[n0 + i], pcs.data(),
+      epilogue_row(fk, plan, c.data() + i * out, wsum.data(), r.zero_point[n0 + i], r.scale[n0 + i], pcs.data(),
                    b.data(), out, lo, hi, y + (n0 + i) * out);
   }
   return true;
 }
 
-bool conv2d_hybrid(const detail::Int8Kernels& k, KernelPath path, const ConvGeometry& g, const float* x,
+bool conv2d_hybrid(const detail::Int8Kernels& k, const detail::FloatKernels& fk, KernelPath path, const ConvGeometry& g, const float* x,
                    const std::int8_t* filter, const float* filter_scale, std::size_t n_scales, const float* bias,
                    bool depthwise, float lo, float hi, float* y) {
   const std::size_t cg = g.cg(), og = g.og(), depth = g.kh * g.kw * cg, image = g.h * g.w * g.c;
@@ -166,7 +141,7 @@ bool conv2d_hybrid(const detail::Int8Kernels& k, KernelPath path, const ConvGeom
           k.depthwise_tap(acc.data(), filter + (ky * g.kw + kx) * g.o, qp, g.o, og, zp);
         }
       }
-      epilogue_row(plan, acc.data(), none.data(), 0, r.scale[qrow], pcs.data(), b.data(), g.o, lo, hi, y + m * g.o);
+      epilogue_row(fk, plan, acc.data(), none.data(), 0, r.scale[qrow], pcs.data(), b.data(), g.o, lo, hi, y + m * g.o);
     }
     return true;
   }
@@ -213,7 +188,7 @@ bool conv2d_hybrid(const detail::Int8Kernels& k, KernelPath path, const ConvGeom
     }
     for (std::size_t i = 0; i < rows; ++i) {
       const std::size_t qrow = qrow_of(m0 + i);
-      epilogue_row(plan, c.data() + i * g.o, wsum.data(), r.zero_point[qrow], r.scale[qrow], pcs.data(), b.data(),
+      epilogue_row(fk, plan, c.data() + i * g.o, wsum.data(), r.zero_point[qrow], r.scale[qrow], pcs.data(), b.data(),
                    g.o, lo, hi, y + (m0 + i) * g.o);
     }
   }
@@ -294,64 +269,81 @@ inline __attribute__((always_inline)) void depthwise_chain(float* __restrict acc
   }
 }
 
-struct ChainKernels {
-  void (*chain)(float*, const float*, const float*, std::size_t, std::size_t, std::size_t);
-  void (*rows)(float*, const float*, const float*, std::size_t, std::size_t, std::size_t);
-  void (*depthwise)(float*, const float*, const float*, std::size_t, std::size_t);
-};
-
 template <bool kFused>
-void chain_generic(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
+void chain_portable(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
   chain_block<kFused>(acc, x, w, ldw, depth, n);
 }
 template <bool kFused>
-void rows_generic(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
+void rows_portable(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
   chain_rows<kFused>(acc, x, w, ldw, depth, n);
 }
 template <bool kFused>
-void depthwise_generic(float* acc, const float* x, const float* w, std::size_t n, std::size_t multiplier) {
+void depthwise_portable(float* acc, const float* x, const float* w, std::size_t n, std::size_t multiplier) {
   depthwise_chain<kFused>(acc, x, w, n, multiplier);
+}
+void fma_epilogue_portable(const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp, float sf,
+                           const float* pcs, const float* b, std::size_t begin, std::size_t end, float lo, float hi,
+                           float* y) {
+  epilogue_run<ConvEpilogue::kFma>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
 }
 #if defined(__x86_64__)
 // The same loops with AVX2 + FMA3: 8 lanes, and std::fma as one instruction (exactly rounded, so
-// the same bits as libm's fmaf).
+// the same bits as libm's fmaf, which the portable build calls).
+#define QDRIFT_AVX2_FMA __attribute__((target("avx2,fma")))
 template <bool kFused>
-__attribute__((target("avx2,fma"))) void chain_avx2(float* acc, const float* x, const float* w, std::size_t ldw,
-                                                     std::size_t depth, std::size_t n) {
+QDRIFT_AVX2_FMA void chain_avx2(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth,
+                                std::size_t n) {
   chain_block<kFused>(acc, x, w, ldw, depth, n);
 }
 template <bool kFused>
-__attribute__((target("avx2,fma"))) void rows_avx2(float* acc, const float* x, const float* w, std::size_t ldw,
-                                                    std::size_t depth, std::size_t n) {
+QDRIFT_AVX2_FMA void rows_avx2(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth,
+                               std::size_t n) {
   chain_rows<kFused>(acc, x, w, ldw, depth, n);
 }
 template <bool kFused>
-__attribute__((target("avx2,fma"))) void depthwise_avx2(float* acc, const float* x, const float* w, std::size_t n,
-                                                         std::size_t multiplier) {
+QDRIFT_AVX2_FMA void depthwise_avx2(float* acc, const float* x, const float* w, std::size_t n, std::size_t multiplier) {
   depthwise_chain<kFused>(acc, x, w, n, multiplier);
 }
+QDRIFT_AVX2_FMA void fma_epilogue_avx2(const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp, float sf,
+                                       const float* pcs, const float* b, std::size_t begin, std::size_t end, float lo,
+                                       float hi, float* y) {
+  epilogue_run<ConvEpilogue::kFma>(c, wsum, zp, sf, pcs, b, begin, end, lo, hi, y);
+}
+#undef QDRIFT_AVX2_FMA
 #endif
 
-template <bool kFused>
-const ChainKernels& chain_kernels() {
-  static const ChainKernels k = [] {
+}  // namespace
+}  // namespace qdrift::fast
+
+namespace qdrift::detail {
+
+const std::vector<FloatKernels>& available_float_kernels() {
+  static const std::vector<FloatKernels> kernels = [] {
+    using namespace fast;
+    std::vector<FloatKernels> k{{"portable",
+                                 {&chain_portable<false>, &chain_portable<true>},
+                                 {&rows_portable<false>, &rows_portable<true>},
+                                 {&depthwise_portable<false>, &depthwise_portable<true>},
+                                 &fma_epilogue_portable}};
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return ChainKernels{&chain_avx2<kFused>, &rows_avx2<kFused>, &depthwise_avx2<kFused>};
+      k.push_back({"avx2_fma",
+                   {&chain_avx2<false>, &chain_avx2<true>},
+                   {&rows_avx2<false>, &rows_avx2<true>},
+                   {&depthwise_avx2<false>, &depthwise_avx2<true>},
+                   &fma_epilogue_avx2});
 #endif
-    return ChainKernels{&chain_generic<kFused>, &rows_generic<kFused>, &depthwise_generic<kFused>};
+    return k;
   }();
-  return k;
+  return kernels;
 }
 
-void chain(bool fused, float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth, std::size_t n) {
-  (fused ? chain_kernels<true>() : chain_kernels<false>()).chain(acc, x, w, ldw, depth, n);
-}
+}  // namespace qdrift::detail
 
-}  // namespace
+namespace qdrift::fast {
 
-bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
+bool fully_connected_f32(const detail::FloatKernels& fk, KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
                          std::size_t out, const float* bias, float lo, float hi, float* y) {
   const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
   const bool avx = path == KernelPath::kTfBuiltin;
@@ -360,7 +352,6 @@ bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
   const bool fused = path == KernelPath::kXnnpack;
   // filter (out, in) -> (in, out), in tiles (a plain strided transpose thrashes the cache): each
   // tap's weights contiguous over outputs. Worth it from a few batch rows on.
-  const ChainKernels& k = fused ? chain_kernels<true>() : chain_kernels<false>();
   const bool transpose = batch >= 4;
   constexpr std::size_t kTile = 16;
   std::vector<float> wt(transpose ? in * out : 0);
@@ -376,9 +367,9 @@ bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
     for (std::size_t b = 0; b < batch; ++b) {
       for (std::size_t j = 0; j < nb; ++j) acc[j] = fused && bias ? bias[o0 + j] : 0.0f;
       if (transpose) {
-        k.chain(acc, x + b * in, wt.data() + o0, out, in, nb);
+        fk.chain[fused](acc, x + b * in, wt.data() + o0, out, in, nb);
       } else {
-        k.rows(acc, x + b * in, filter + o0 * in, in, in, nb);
+        fk.rows[fused](acc, x + b * in, filter + o0 * in, in, in, nb);
       }
       float* yr = y + b * out;
       for (std::size_t j = 0; j < nb; ++j) {
@@ -397,7 +388,7 @@ bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std
   return true;
 }
 
-bool conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
+bool conv2d_f32(const detail::FloatKernels& fk, KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
                 bool depthwise, float lo, float hi, float* y) {
   const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
   const std::size_t pixels = g.n * g.oh * g.ow, per_image = g.oh * g.ow;
@@ -423,7 +414,7 @@ bool conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
         }
       const std::size_t sequential = m >= pixels / 4 * 4 ? g.o : g.o / tile * tile;
       std::fill(acc.begin(), acc.end(), 0.0f);
-      chain(false, acc.data(), patch.data(), filter, g.o, depth, sequential);   // filter (depth, O) as stored
+      fk.chain[0](acc.data(), patch.data(), filter, g.o, depth, sequential);   // filter (depth, O) as stored
       if (sequential < g.o && rows.empty()) {   // filter rows (O, depth) for the other tiles' orders
         rows.resize(g.o * depth);
         for (std::size_t oc = 0; oc < g.o; ++oc)
@@ -440,7 +431,6 @@ bool conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
   const bool from_bias = fused || (builtin && depthwise);
   const bool columns_first = fused && g.cg() == 1 && g.og() == 1;   // XNNPACK's dwconv: kx outer, ky inner
   const std::size_t cg = g.cg(), og = g.og();
-  const ChainKernels& k = fused ? chain_kernels<true>() : chain_kernels<false>();
   std::vector<float> acc(g.o);
   for (std::size_t m = 0; m < pixels; ++m) {
     const std::size_t ox = m % g.ow, oy = (m / g.ow) % g.oh, n = m / per_image;
@@ -453,10 +443,10 @@ bool conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const fl
       const float* xp = x + ((n * g.h + static_cast<std::size_t>(iy)) * g.w + static_cast<std::size_t>(ix)) * g.c;
       const float* wp = filter + (ky * g.kw + kx) * cg * g.o;
       if (cg == 1) {
-        k.depthwise(acc.data(), xp, wp, g.o, og);
+        fk.depthwise[fused](acc.data(), xp, wp, g.o, og);
       } else {
         for (std::size_t grp = 0; grp < g.groups; ++grp)
-          k.chain(acc.data() + grp * og, xp + grp * cg, wp + grp * og, g.o, cg, og);
+          fk.chain[fused](acc.data() + grp * og, xp + grp * cg, wp + grp * og, g.o, cg, og);
       }
     }
     for (std::size_t oc = 0; oc < g.o; ++oc) {

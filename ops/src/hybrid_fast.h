@@ -73,6 +73,25 @@ EigenSum gebp_order(std::size_t row, std::size_t col, std::size_t out, std::size
 EigenSum tf_gemv_order(std::size_t row, std::size_t col, std::size_t out, std::size_t cols);
 float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t depth, bool avx);
 
+// ---- the float loops of the fast kernels, per instruction set -----------------------------------
+// Each output's chain of float operations in vector lanes; every variant gives the same bits
+// (IEEE operations, each exactly rounded). Index [fused]: acc + x * w (0) or fma(x, w, acc) (1).
+using FloatChainFn = void (*)(float* acc, const float* x, const float* w, std::size_t ldw, std::size_t depth,
+                              std::size_t n);
+using FloatDepthwiseFn = void (*)(float* acc, const float* x, const float* w, std::size_t n, std::size_t multiplier);
+using FmaEpilogueFn = void (*)(const std::int32_t* c, const std::int32_t* wsum, std::int32_t zp, float sf,
+                               const float* pcs, const float* b, std::size_t begin, std::size_t end, float lo,
+                               float hi, float* y);
+struct FloatKernels {
+  const char* name;                 // "portable" (SSE2 on x86; std::fma through libm), "avx2_fma"
+  FloatChainFn chain[2];            // acc[o] op= x[k] * w[k * ldw + o] for k < depth, in order; o < n
+  FloatChainFn rows[2];             // the same with w[o * ldw + k]
+  FloatDepthwiseFn depthwise[2];    // acc[o] op= x[o / multiplier] * w[o] (one depthwise tap)
+  FmaEpilogueFn fma_epilogue;       // y[o] = clamp(fma(f32(c[o] - zp * wsum[o]) * sf, pcs[o], b[o])), o in [begin, end)
+};
+// The variants this binary has and this CPU runs, portable first, best last.
+const std::vector<FloatKernels>& available_float_kernels();
+
 }  // namespace qdrift::detail
 
 namespace qdrift::fast {
@@ -80,19 +99,19 @@ namespace qdrift::fast {
 // The fast hybrid kernels: the same input quantization, the int8 x int8 sums by the int8 GEMM /
 // depthwise kernels (exact: true sums below 2^31 are checked, else they return false before
 // writing, and the caller runs the reference), then the same float epilogue per output.
-bool fully_connected_hybrid(const detail::Int8Kernels& k, KernelPath path, const float* x, std::size_t batch,
+bool fully_connected_hybrid(const detail::Int8Kernels& k, const detail::FloatKernels& fk, KernelPath path, const float* x, std::size_t batch,
                             std::size_t in, const std::int8_t* filter, std::size_t out, const float* filter_scale,
                             std::size_t n_scales, const float* bias, bool asymmetric_inputs, float lo, float hi,
                             float* y);
-bool conv2d_hybrid(const detail::Int8Kernels& k, KernelPath path, const ConvGeometry& g, const float* x,
+bool conv2d_hybrid(const detail::Int8Kernels& k, const detail::FloatKernels& fk, KernelPath path, const ConvGeometry& g, const float* x,
                    const std::int8_t* filter, const float* filter_scale, std::size_t n_scales, const float* bias,
                    bool depthwise, float lo, float hi, float* y);
 
 // The float32 kernels with the output channels' chains in vector lanes (same bits); false (before
 // writing) for the builtin GEMM's matrix-vector and tiny products, which the reference runs.
-bool fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
+bool fully_connected_f32(const detail::FloatKernels& fk, KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
                          std::size_t out, const float* bias, float lo, float hi, float* y);
-bool conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
+bool conv2d_f32(const detail::FloatKernels& fk, KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
                 bool depthwise, float lo, float hi, float* y);
 
 }  // namespace qdrift::fast
