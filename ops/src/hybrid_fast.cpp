@@ -168,6 +168,19 @@ bool conv2d_hybrid(const detail::Int8Kernels& k, const detail::FloatKernels& fk,
           std::int8_t* dst = cols.data() + i * depth;
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
             const std::ptrdiff_t iy = detail::conv_input_index(oy, ky, g.sh, g.dh, g.pad_top, g.h);
+            if (iy >= 0 && g.groups == 1 && g.dw == 1) {   // the valid taps of this kernel row are one run of x
+              const auto x0 = static_cast<std::ptrdiff_t>(ox * g.sw) - static_cast<std::ptrdiff_t>(g.pad_left);
+              const auto kw = static_cast<std::ptrdiff_t>(g.kw), w = static_cast<std::ptrdiff_t>(g.w);
+              const auto k_lo = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(-x0, 0, kw));
+              const auto k_hi = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(w - x0, static_cast<std::ptrdiff_t>(k_lo), kw));
+              const std::int8_t* src = r.q.data() + n * image + static_cast<std::size_t>(iy) * g.w * g.c;
+              std::fill(dst, dst + k_lo * cg, zp8);
+              std::copy(src + static_cast<std::size_t>(x0 + static_cast<std::ptrdiff_t>(k_lo)) * g.c,
+                        src + static_cast<std::size_t>(x0 + static_cast<std::ptrdiff_t>(k_hi)) * g.c, dst + k_lo * cg);
+              std::fill(dst + k_hi * cg, dst + g.kw * cg, zp8);
+              dst += g.kw * cg;
+              continue;
+            }
             for (std::size_t kx = 0; kx < g.kw; ++kx, dst += cg) {
               const std::ptrdiff_t ix = detail::conv_input_index(ox, kx, g.sw, g.dw, g.pad_left, g.w);
               if (iy < 0 || ix < 0) {
