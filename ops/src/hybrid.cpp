@@ -264,6 +264,7 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
                    const float* filter_scale, std::size_t n_scales, const float* bias, bool depthwise, float lo,
                    float hi, float* y, Path impl) {
   check_scales(n_scales, g.o, "conv2d_hybrid");
+  if (g.h * g.w == 0) return;   // an empty image (SAME padding): an empty output, nothing to quantize
   if (impl == Path::kFast && fast::conv2d_hybrid(detail::available_int8_kernels().back(), detail::available_float_kernels().back(), path, g, x, filter,
                                                  filter_scale, n_scales, bias, depthwise, lo, hi, y))
     return;

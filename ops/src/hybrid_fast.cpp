@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Fast hybrid FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D, bit-identical to hybrid.cpp's loops.
+// Fast hybrid and float32 FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D, bit-identical to hybrid.cpp's loops.
 //
 // The inputs are quantized by the same row quantizers. The int32 sums sum_i w * (q - zp) are
 // formed as sum_i w * q - zp * sum_i w by the int8 GEMM of integer_kernels.inc (convs gather

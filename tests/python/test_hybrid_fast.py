@@ -124,6 +124,19 @@ def test_conv2d_fast_larger_shapes(rng, kernels):
         assert same_bits(_core.conv2d_hybrid(x, f, scale, bias, **kw), ref), (c, o, k, groups, depthwise, strides)
 
 
+def test_empty_images():
+    """An image with no rows or columns under SAME padding gives an empty output on both paths
+    (the reference used to divide by the empty image's size)."""
+    for shape in ((2, 0, 3, 4), (1, 3, 0, 4)):
+        x, f, s = np.ones(shape, np.float32), np.ones((3, 3, 4, 2), np.int8), np.ones(2, np.float32)
+        for path in ("reference", "fast"):
+            for kernels in KERNELS:
+                y = _core.conv2d_hybrid(x, f, s, None, kernels=kernels, padding="same", path=path)
+                assert y.shape == shape[:3] + (2,), (shape, path, kernels)
+                y = _core.conv2d_f32(x, f.astype(np.float32), None, kernels=kernels, padding="same", path=path)
+                assert y.shape == shape[:3] + (2,), (shape, path, kernels)
+
+
 def test_path_argument_is_checked():
     x, w, s = np.ones((1, 4), np.float32), np.ones((2, 4), np.int8), np.ones(2, np.float32)
     with pytest.raises(_core.ConfigError, match="path: unknown path 'quick'"):
