@@ -11,8 +11,14 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "conv_index.h"
+#include "hybrid_fast.h"
 #include "qdrift/core/check.h"
+#include "qdrift/core/rounding.h"
 
 namespace qdrift {
 namespace {
@@ -23,24 +29,66 @@ std::int32_t neon_round(float v) {
   return static_cast<std::int32_t>(v + half);   // conversion truncates toward zero
 }
 
-// Position-dependent rounding of the TFLite quantizers: blocks of 8 vs the std::round tail.
-std::int32_t tflite_round(float v, std::size_t i, std::size_t block_end) {
-  return i < block_end ? neon_round(v) : static_cast<std::int32_t>(std::round(v));
-}
+using detail::clampf;
 
-float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
+// rmin = min(0, x...), rmax = max(0, x...) as one sequential pass of std::min / std::max computes
+// them: NaNs never replace (comparisons with NaN are false) and -0.0 never replaces the starting
+// +0.0. Eight running minima / maxima give the same values (with those two rules, min and max are
+// associative and commutative on the values that can enter), and the loop vectorizes.
+void min_max_with_zero(const float* x, std::size_t n, float* rmin, float* rmax) {
+  constexpr std::size_t kLanes = 8;
+  float lo[kLanes] = {}, hi[kLanes] = {};
+  const std::size_t end = n / kLanes * kLanes;
+#if defined(__SSE2__)
+  // Lane by lane, _mm_min_ps(v, lo) is (v < lo ? v : lo) = std::min(lo, v) and _mm_max_ps(v, hi)
+  // is (v > hi ? v : hi) = std::max(hi, v), NaN and signed zeros included (GCC keeps the scalar
+  // selects scalar).
+  __m128 lo0 = _mm_setzero_ps(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
+  for (std::size_t i = 0; i < end; i += kLanes) {
+    const __m128 v0 = _mm_loadu_ps(x + i), v1 = _mm_loadu_ps(x + i + 4);
+    lo0 = _mm_min_ps(v0, lo0);
+    lo1 = _mm_min_ps(v1, lo1);
+    hi0 = _mm_max_ps(v0, hi0);
+    hi1 = _mm_max_ps(v1, hi1);
+  }
+  _mm_storeu_ps(lo, lo0);
+  _mm_storeu_ps(lo + 4, lo1);
+  _mm_storeu_ps(hi, hi0);
+  _mm_storeu_ps(hi + 4, hi1);
+#else
+  for (std::size_t i = 0; i < end; i += kLanes)
+    for (std::size_t l = 0; l < kLanes; ++l) {
+      lo[l] = std::min(lo[l], x[i + l]);
+      hi[l] = std::max(hi[l], x[i + l]);
+    }
+#endif
+  float a = 0.0f, b = 0.0f;
+  for (std::size_t l = 0; l < kLanes; ++l) {
+    a = std::min(a, lo[l]);
+    b = std::max(b, hi[l]);
+  }
+  for (std::size_t i = end; i < n; ++i) {
+    a = std::min(a, x[i]);
+    b = std::max(b, x[i]);
+  }
+  *rmin = a;
+  *rmax = b;
+}
 
 bool all_zero(const float* x, std::size_t n) {
   return std::all_of(x, x + n, [](float v) { return v == 0.0f; });
 }
 
-struct QuantizedRows {
-  std::vector<std::int8_t> q;
-  std::vector<float> scale;
-  std::vector<std::int32_t> zero_point;
-};
+float filter_scale_of(const float* s, std::size_t n_scales, std::size_t o) { return s[n_scales == 1 ? 0 : o]; }
 
-enum class InputRule : std::uint8_t { kTfliteSymmetric, kTfliteAsymmetric, kXnnpack };
+void check_scales(std::size_t n_scales, std::size_t out, const char* op) {
+  QDRIFT_CHECK(n_scales == 1 || n_scales == out, ShapeError, op, ": ", n_scales, " filter scales for ", out,
+               " output channels");
+}
+
+}  // namespace
+
+namespace detail {
 
 QuantizedRows quantize_rows(InputRule rule, const float* x, std::size_t rows, std::size_t n) {
   QuantizedRows r;
@@ -61,14 +109,42 @@ QuantizedRows quantize_rows(InputRule rule, const float* x, std::size_t rows, st
   return r;
 }
 
-float filter_scale_of(const float* s, std::size_t n_scales, std::size_t o) { return s[n_scales == 1 ? 0 : o]; }
-
-void check_scales(std::size_t n_scales, std::size_t out, const char* op) {
-  QDRIFT_CHECK(n_scales == 1 || n_scales == out, ShapeError, op, ": ", n_scales, " filter scales for ", out,
-               " output channels");
+HybridConvPlan hybrid_conv_plan(KernelPath path, const ConvGeometry& g, const float* filter_scale,
+                                std::size_t n_scales, bool depthwise) {
+  bool equal_scales = true;   // conv.cc: is_hybrid_per_channel only if some scale differs from channel 0
+  for (std::size_t c = 1; c < n_scales; ++c) equal_scales = equal_scales && filter_scale[c] == filter_scale[0];
+  HybridConvPlan p;
+  const bool xnnpack = path == KernelPath::kXnnpack && !depthwise;   // XNNPACK takes hybrid conv, not depthwise
+  p.symmetric = !xnnpack && !depthwise && equal_scales && g.groups == 1;   // conv.cc EvalHybrid
+  p.rule = xnnpack ? InputRule::kXnnpack : p.symmetric ? InputRule::kTfliteSymmetric : InputRule::kTfliteAsymmetric;
+  // XNNPACK runs a 1x1, stride-1 convolution as a fully connected layer: one quantization per
+  // pixel instead of per image (measured).
+  p.per_pixel = xnnpack && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.groups == 1;
+  p.tail_start = g.o;
+  if (xnnpack) {
+    p.head = ConvEpilogue::kFma;
+  } else if (p.symmetric) {
+    p.head = ConvEpilogue::kScaleProduct;   // HybridConv: sf[b] *= s_w, out = 0 + acc * sf, then + bias
+  } else if (depthwise) {
+    if (path == KernelPath::kReference) {
+      p.head = ConvEpilogue::kScaleProduct;
+    } else {   // optimized depthwise: channel blocks of 4, then a tail
+      p.head = ConvEpilogue::kPcsThenSf;
+      p.tail = ConvEpilogue::kSfThenPcs;
+      p.tail_start = g.o / 4 * 4;
+    }
+  } else if (path == KernelPath::kReference || g.groups != 1) {
+    p.head = ConvEpilogue::kPcsThenSf;   // reference HybridConvPerChannel (grouped conv always runs it)
+  } else {
+    p.head = ConvEpilogue::kScaleProduct;   // optimized HybridConvPerChannel (im2col + GEMM, Eigen epilogue)
+  }
+  return p;
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::InputRule;
+using detail::QuantizedRows;
 
 KernelPath parse_kernel_path(std::string_view name) {
   if (name == "reference") return KernelPath::kReference;
@@ -92,18 +168,17 @@ void quantize_row_symmetric_tflite(const float* x, std::size_t n, std::int8_t* q
   }
   *scale = range / 127.0f;
   const float inv = 127.0f / range;   // not 1 / scale
-  const std::size_t block_end = n / 8 * 8;
-  for (std::size_t i = 0; i < n; ++i)
-    q[i] = static_cast<std::int8_t>(std::clamp(tflite_round(x[i] * inv, i, block_end), -127, 127));
+  const std::size_t block_end = n / 8 * 8;   // two loops (blocks of 8, tail), so the first vectorizes
+  for (std::size_t i = 0; i < block_end; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(neon_round(x[i] * inv), -127, 127));
+  for (std::size_t i = block_end; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(static_cast<std::int32_t>(std::round(x[i] * inv)), -127, 127));
 }
 
 void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* q, float* scale,
                                     std::int32_t* zero_point) {
   float rmin = 0.0f, rmax = 0.0f;   // NeonMinMax caps both at zero
-  for (std::size_t i = 0; i < n; ++i) {
-    rmin = std::min(rmin, x[i]);
-    rmax = std::max(rmax, x[i]);
-  }
+  min_max_with_zero(x, n, &rmin, &rmax);
   if (rmin == rmax) {
     std::fill(q, q + n, std::int8_t{0});
     *scale = 1.0f;
@@ -119,17 +194,16 @@ void quantize_row_asymmetric_tflite(const float* x, std::size_t n, std::int8_t* 
   *scale = static_cast<float>(s);
   *zero_point = zp;
   const auto inv = static_cast<float>(1.0 / static_cast<double>(*scale));
-  const std::size_t block_end = n / 8 * 8;
-  for (std::size_t i = 0; i < n; ++i)
-    q[i] = static_cast<std::int8_t>(std::clamp(zp + tflite_round(x[i] * inv, i, block_end), -128, 127));
+  const std::size_t block_end = n / 8 * 8;   // two loops (blocks of 8, tail), so the first vectorizes
+  for (std::size_t i = 0; i < block_end; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(zp + neon_round(x[i] * inv), -128, 127));
+  for (std::size_t i = block_end; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(zp + static_cast<std::int32_t>(std::round(x[i] * inv)), -128, 127));
 }
 
 void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* scale, std::int32_t* zero_point) {
   float rmin = 0.0f, rmax = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) {
-    rmin = std::min(rmin, x[i]);
-    rmax = std::max(rmax, x[i]);
-  }
+  min_max_with_zero(x, n, &rmin, &rmax);
   const float k = rmin == rmax ? 1.0f : 255.0f / (rmax - rmin);
   const float rmin_k = rmin * k, rmax_k = rmax * k;
   float zf = (-128.0f + rmin_k) + (127.0f + rmax_k) > 0.0f ? -128.0f - rmin_k : 127.0f - rmax_k;
@@ -138,15 +212,20 @@ void quantize_row_xnnpack(const float* x, std::size_t n, std::int8_t* q, float* 
   *zero_point = zp;
   *scale = 1.0f / k;
   const float lo = static_cast<float>(-128 - zp), hi = static_cast<float>(127 - zp);
+  // round_half_even: nearbyint's result in the default rounding mode, without libm (vectorizes).
   for (std::size_t i = 0; i < n; ++i)
-    q[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(std::nearbyint(clampf(x[i] * k, lo, hi))) + zp);
+    q[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(round_half_even(clampf(x[i] * k, lo, hi))) + zp);
 }
 
 void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, std::size_t in,
                             const std::int8_t* filter, std::size_t out, const float* filter_scale,
                             std::size_t n_scales, const float* bias, bool asymmetric_inputs, float lo, float hi,
-                            float* y) {
+                            float* y, Path impl) {
   check_scales(n_scales, out, "fully_connected_hybrid");
+  if (impl == Path::kFast &&
+      fast::fully_connected_hybrid(detail::available_int8_kernels().back(), detail::available_float_kernels().back(), path, x, batch, in, filter, out,
+                                   filter_scale, n_scales, bias, asymmetric_inputs, lo, hi, y))
+    return;
   std::vector<std::int32_t> row_sum(out, 0);
   for (std::size_t o = 0; o < out; ++o)
     for (std::size_t i = 0; i < in; ++i) row_sum[o] += filter[o * in + i];
@@ -183,27 +262,22 @@ void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, 
 
 void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const std::int8_t* filter,
                    const float* filter_scale, std::size_t n_scales, const float* bias, bool depthwise, float lo,
-                   float hi, float* y) {
+                   float hi, float* y, Path impl) {
   check_scales(n_scales, g.o, "conv2d_hybrid");
+  if (g.h * g.w == 0) return;   // an empty image (SAME padding): an empty output, nothing to quantize
+  if (impl == Path::kFast && fast::conv2d_hybrid(detail::available_int8_kernels().back(), detail::available_float_kernels().back(), path, g, x, filter,
+                                                 filter_scale, n_scales, bias, depthwise, lo, hi, y))
+    return;
   const std::size_t image = g.h * g.w * g.c;
-  bool equal_scales = true;   // conv.cc: is_hybrid_per_channel only if some scale differs from channel 0
-  for (std::size_t c = 1; c < n_scales; ++c) equal_scales = equal_scales && filter_scale[c] == filter_scale[0];
-  const bool xnnpack = path == KernelPath::kXnnpack && !depthwise;   // XNNPACK takes hybrid conv, not depthwise
-  const bool symmetric = !xnnpack && !depthwise && equal_scales && g.groups == 1;   // conv.cc EvalHybrid
-  const InputRule rule =
-      xnnpack ? InputRule::kXnnpack : symmetric ? InputRule::kTfliteSymmetric : InputRule::kTfliteAsymmetric;
-  // XNNPACK runs a 1x1, stride-1 convolution as a fully connected layer: one quantization per
-  // pixel instead of per image (measured).
-  const bool per_pixel = xnnpack && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.groups == 1;
-  const std::size_t row = per_pixel ? g.c : image;
-  const QuantizedRows r = quantize_rows(rule, x, g.n * image / row, row);
-  const std::size_t tail_start = g.o / 4 * 4;   // optimized depthwise: channel blocks of 4, then a tail
+  const detail::HybridConvPlan plan = detail::hybrid_conv_plan(path, g, filter_scale, n_scales, depthwise);
+  const std::size_t row = plan.per_pixel ? g.c : image;
+  const QuantizedRows r = quantize_rows(plan.rule, x, g.n * image / row, row);
   for (std::size_t n = 0; n < g.n; ++n)
     for (std::size_t oy = 0; oy < g.oh; ++oy)
       for (std::size_t ox = 0; ox < g.ow; ++ox)
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           const std::size_t group = oc / g.og();
-          const std::size_t qrow = per_pixel ? (n * g.h + oy) * g.w + ox : n;   // 1x1 stride 1: pixel = output
+          const std::size_t qrow = plan.per_pixel ? (n * g.h + oy) * g.w + ox : n;   // 1x1 stride 1: pixel = output
           const std::int32_t zp = r.zero_point[qrow];
           std::int32_t acc = 0;   // sum w * (q - zp); padded taps equal zp and add nothing
           for (std::size_t ky = 0; ky < g.kh; ++ky) {
@@ -219,36 +293,14 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
                 acc += filter[((ky * g.kw + kx) * g.cg() + ic) * g.o + oc] * (qp[ic] - zp);
             }
           }
-          const float a = static_cast<float>(acc), sf = r.scale[qrow];
-          const float pcs = symmetric ? filter_scale[0] : filter_scale_of(filter_scale, n_scales, oc);
-          const float b = bias ? bias[oc] : 0.0f;
-          float v = 0.0f;
-          if (xnnpack) {
-            v = std::fma(a * sf, pcs, b);
-          } else if (symmetric) {
-            v = a * (sf * pcs) + b;   // HybridConv: sf[b] *= s_w, out = 0 + acc * sf, then + bias
-          } else if (depthwise) {
-            if (path == KernelPath::kReference) {
-              v = a * (pcs * sf) + b;
-            } else {
-              v = oc < tail_start ? a * pcs * sf + b : a * sf * pcs + b;
-            }
-          } else if (path == KernelPath::kReference || g.groups != 1) {
-            v = a * pcs * sf + b;   // reference HybridConvPerChannel (grouped conv always runs it)
-          } else {
-            v = a * (pcs * sf) + b;   // optimized HybridConvPerChannel (im2col + GEMM, Eigen epilogue)
-          }
+          const float pcs = plan.symmetric ? filter_scale[0] : filter_scale_of(filter_scale, n_scales, oc);
+          const detail::ConvEpilogue e = oc < plan.tail_start ? plan.head : plan.tail;
+          const float v = detail::conv_epilogue(e, static_cast<float>(acc), r.scale[qrow], pcs, bias ? bias[oc] : 0.0f);
           y[((n * g.oh + oy) * g.ow + ox) * g.o + oc] = clampf(v, lo, hi);
         }
 }
 
-namespace {
-
-// The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
-// output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
-enum class EigenSum : std::uint8_t {
-  kSequential, kGemv, kRedux, kRedux8, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
-};
+namespace detail {
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
@@ -388,10 +440,17 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
   return t;
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::EigenSum;
+using detail::eigen_dot;
+using detail::eigen_sum_order;
+using detail::gebp_order;
+using detail::tf_gemv_order;
 
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
-                         std::size_t out, const float* bias, float lo, float hi, float* y) {
+                         std::size_t out, const float* bias, float lo, float hi, float* y, Path impl) {
+  if (impl == Path::kFast && fast::fully_connected_f32(detail::available_float_kernels().back(), path, x, batch, in, filter, out, bias, lo, hi, y)) return;
   const EigenSum order = eigen_sum_order(out, in, batch);
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t o = 0; o < out; ++o) {
@@ -456,7 +515,8 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
 }  // namespace
 
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
-                bool depthwise, float lo, float hi, float* y) {
+                bool depthwise, float lo, float hi, float* y, Path impl) {
+  if (impl == Path::kFast && fast::conv2d_f32(detail::available_float_kernels().back(), path, g, x, filter, bias, depthwise, lo, hi, y)) return;
   const bool builtin = path == KernelPath::kBuiltin || path == KernelPath::kTfBuiltin;
   if (builtin && g.groups == 1 && !depthwise) {   // im2col, then the builtin float GEMM
     conv2d_f32_im2col(g, x, filter, bias, path == KernelPath::kTfBuiltin, lo, hi, y);

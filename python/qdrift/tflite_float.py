@@ -77,8 +77,8 @@ def _float_range(activation, name):
     return lo, hi
 
 
-def run_op(model, op, values, kernels):
-    """Evaluate `op` and store its outputs in `values`."""
+def run_op(model, op, values, kernels, path="auto"):
+    """Evaluate `op` and store its outputs in `values`; path: qdrift's kernels ("auto" | "fast" | "reference")."""
     get = lambda k: _value(model, values, op.inputs[k])  # noqa: E731
     out = model.tensors[op.outputs[0]]
     name = op.name
@@ -87,8 +87,8 @@ def run_op(model, op, values, kernels):
         # The body runs on the same path: the XNNPACK delegate takes the ops of loop bodies too
         # (measured: a hybrid FC inside the WHILE rounds its inputs as XNNPACK does).
         state = [_value(model, values, i) for i in op.inputs]
-        while bool(cond.evaluate(dict(zip(cond.inputs, state)), kernels)[cond.outputs[0]]):
-            result = body.evaluate(dict(zip(body.inputs, state)), kernels)
+        while bool(cond.evaluate(dict(zip(cond.inputs, state)), kernels, path)[cond.outputs[0]]):
+            result = body.evaluate(dict(zip(body.inputs, state)), kernels, path)
             state = [result[o] if o in result else body.tensors[o].data for o in body.outputs]
         values.update(zip(op.outputs, state))
         return
@@ -97,10 +97,10 @@ def run_op(model, op, values, kernels):
         for k, o in enumerate(op.outputs):
             values[o] = np.ascontiguousarray(np.take(x, k, axis=op.options["axis"]))
         return
-    values[op.outputs[0]] = _single(model, op, get, out, kernels)
+    values[op.outputs[0]] = _single(model, op, get, out, kernels, path)
 
 
-def _single(model, op, get, out, kernels):
+def _single(model, op, get, out, kernels, path="auto"):
     name = op.name
     if name == "SHAPE":
         return np.asarray(get(0).shape, np.int32)
@@ -158,10 +158,10 @@ def _single(model, op, get, out, kernels):
         # Each path's own approximation: std:: functions (reference), Eigen's (builtin; packets
         # of 4 over the flattened tensor, a scalar tail), XNNPACK's.
         return _core.activation_f32(np.ascontiguousarray(get(0), np.float32), activation_function(name, kernels))
-    return _linear(model, op, get, out, kernels)
+    return _linear(model, op, get, out, kernels, path)
 
 
-def _linear(model, op, get, out, kernels):
+def _linear(model, op, get, out, kernels, path="auto"):
     """FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D with float32 or int8 (hybrid) weights."""
     name = op.name
     x = np.ascontiguousarray(get(0), np.float32)
@@ -179,9 +179,10 @@ def _linear(model, op, get, out, kernels):
         if hybrid:
             y = _core.fully_connected_hybrid(x2, w, scales, bias, kernels=kernels,
                                              asymmetric_inputs=bool(op.options.get("asymmetric_quantize_inputs")),
-                                             lo=lo, hi=hi)
+                                             lo=lo, hi=hi, path=path)
         else:
-            y = _core.fully_connected_f32(x2, np.ascontiguousarray(w, np.float32), bias, kernels=kernels, lo=lo, hi=hi)
+            y = _core.fully_connected_f32(x2, np.ascontiguousarray(w, np.float32), bias, kernels=kernels, lo=lo, hi=hi,
+                                          path=path)
         return y.reshape(x.shape[:-1] + (w.shape[0],)) if op.options.get("keep_num_dims") else y
     if name == "CONV_2D":
         groups = x.shape[3] // w.shape[3]
@@ -193,6 +194,6 @@ def _linear(model, op, get, out, kernels):
                     groups=groups, lo=lo, hi=hi)
     if hybrid:
         return _core.conv2d_hybrid(x, f, scales, bias, kernels=kernels, depthwise=name == "DEPTHWISE_CONV_2D",
-                                   **geometry)
+                                   path=path, **geometry)
     return _core.conv2d_f32(x, f.astype(np.float32), bias, kernels=kernels, depthwise=name == "DEPTHWISE_CONV_2D",
-                            **geometry)
+                            path=path, **geometry)

@@ -128,7 +128,7 @@ class TFLiteModel:
         """Run every op of this subgraph on `values` (tensor index -> array); returns all values."""
         for op in self.ops:
             if tflite_float.handles(self.tensors, op):
-                tflite_float.run_op(self, op, values, kernels)
+                tflite_float.run_op(self, op, values, kernels, path)
             elif op.name == "UNPACK":
                 x = values[op.inputs[0]]
                 for k, out in enumerate(op.outputs):

@@ -71,7 +71,7 @@ void bind_hybrid(py::module_& m) {
   m.def(
       "fully_connected_hybrid",
       [](const py::handle& x, const py::handle& filter, const py::handle& filter_scale, const py::object& bias,
-         const std::string& kernels, bool asymmetric_inputs, float lo, float hi) {
+         const std::string& kernels, bool asymmetric_inputs, float lo, float hi, const std::string& impl) {
         const char* fn = "fully_connected_hybrid";
         auto xi = array_in<float>(x, fn, "x");
         auto fi = array_in<std::int8_t>(filter, fn, "filter");
@@ -83,24 +83,26 @@ void bind_hybrid(py::module_& m) {
         py::array keep;
         const float* b = optional_floats(bias, keep, out, fn, "bias");
         const qdrift::KernelPath path = qdrift::parse_kernel_path(kernels);
+        const qdrift::Path p = qdrift::parse_path(impl);
         auto y = array_out<float>({xi.shape[0], out});
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
           qdrift::fully_connected_hybrid(path, xi.data, xi.shape[0], xi.shape[1], fi.data, out, si.data, si.size(), b,
-                                         asymmetric_inputs, lo, hi, yp);
+                                         asymmetric_inputs, lo, hi, yp, p);
         }
         return y;
       },
       "x"_a, "filter"_a, "filter_scale"_a, "bias"_a, py::kw_only(), "kernels"_a, "asymmetric_inputs"_a = true,
-      "lo"_a = -INFINITY, "hi"_a = INFINITY,
-      "Hybrid FULLY_CONNECTED: x (batch, in) float32, filter (out, in) int8 with per-channel or one scale.");
+      "lo"_a = -INFINITY, "hi"_a = INFINITY, "path"_a = "auto",
+      "Hybrid FULLY_CONNECTED: x (batch, in) float32, filter (out, in) int8 with per-channel or one scale.\n"
+      "kernels: the LiteRT path; path: qdrift's kernels, 'reference' | 'fast' | 'auto' (same bits).");
 
   m.def(
       "conv2d_hybrid",
       [](const py::handle& x, const py::handle& filter, const py::handle& filter_scale, const py::object& bias,
          const std::string& kernels, Pair strides, const std::string& padding, Pair dilation, std::size_t groups,
-         bool depthwise, float lo, float hi) {
+         bool depthwise, float lo, float hi, const std::string& impl) {
         const char* fn = "conv2d_hybrid";
         auto xi = array_in<float>(x, fn, "x");
         auto fi = array_in<std::int8_t>(filter, fn, "filter");
@@ -109,23 +111,25 @@ void bind_hybrid(py::module_& m) {
         py::array keep;
         const float* b = optional_floats(bias, keep, g.o, fn, "bias");
         const qdrift::KernelPath path = qdrift::parse_kernel_path(kernels);
+        const qdrift::Path p = qdrift::parse_path(impl);
         auto y = array_out<float>({g.n, g.oh, g.ow, g.o});
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          qdrift::conv2d_hybrid(path, g, xi.data, fi.data, si.data, si.size(), b, depthwise, lo, hi, yp);
+          qdrift::conv2d_hybrid(path, g, xi.data, fi.data, si.data, si.size(), b, depthwise, lo, hi, yp, p);
         }
         return y;
       },
       "x"_a, "filter"_a, "filter_scale"_a, "bias"_a, py::kw_only(), "kernels"_a, "strides"_a = Pair{1, 1},
       "padding"_a = "valid", "dilation"_a = Pair{1, 1}, "groups"_a = 1, "depthwise"_a = false, "lo"_a = -INFINITY,
-      "hi"_a = INFINITY,
-      "Hybrid CONV_2D / DEPTHWISE_CONV_2D on NHWC float32; filter int8 in (KH, KW, C/groups, O).");
+      "hi"_a = INFINITY, "path"_a = "auto",
+      "Hybrid CONV_2D / DEPTHWISE_CONV_2D on NHWC float32; filter int8 in (KH, KW, C/groups, O).\n"
+      "kernels: the LiteRT path; path: qdrift's kernels, 'reference' | 'fast' | 'auto' (same bits).");
 
   m.def(
       "fully_connected_f32",
       [](const py::handle& x, const py::handle& filter, const py::object& bias, const std::string& kernels, float lo,
-         float hi) {
+         float hi, const std::string& impl) {
         const char* fn = "fully_connected_f32";
         auto xi = array_in<float>(x, fn, "x");
         auto fi = array_in<float>(filter, fn, "filter");
@@ -135,22 +139,24 @@ void bind_hybrid(py::module_& m) {
         py::array keep;
         const float* b = optional_floats(bias, keep, fi.shape[0], fn, "bias");
         const qdrift::KernelPath path = qdrift::parse_kernel_path(kernels);
+        const qdrift::Path p = qdrift::parse_path(impl);
         auto y = array_out<float>({xi.shape[0], fi.shape[0]});
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          qdrift::fully_connected_f32(path, xi.data, xi.shape[0], xi.shape[1], fi.data, fi.shape[0], b, lo, hi, yp);
+          qdrift::fully_connected_f32(path, xi.data, xi.shape[0], xi.shape[1], fi.data, fi.shape[0], b, lo, hi, yp, p);
         }
         return y;
       },
-      "x"_a, "filter"_a, "bias"_a, py::kw_only(), "kernels"_a, "lo"_a = -INFINITY, "hi"_a = INFINITY,
-      "float32 FULLY_CONNECTED in the summation order of a LiteRT path: filter (out, in).");
+      "x"_a, "filter"_a, "bias"_a, py::kw_only(), "kernels"_a, "lo"_a = -INFINITY, "hi"_a = INFINITY, "path"_a = "auto",
+      "float32 FULLY_CONNECTED in the summation order of a LiteRT path: filter (out, in).\n"
+      "path: qdrift's kernels, 'reference' | 'fast' | 'auto' (same bits).");
 
   m.def(
       "conv2d_f32",
       [](const py::handle& x, const py::handle& filter, const py::object& bias, const std::string& kernels,
          Pair strides, const std::string& padding, Pair dilation, std::size_t groups, bool depthwise, float lo,
-         float hi) {
+         float hi, const std::string& impl) {
         const char* fn = "conv2d_f32";
         auto xi = array_in<float>(x, fn, "x");
         auto fi = array_in<float>(filter, fn, "filter");
@@ -158,17 +164,20 @@ void bind_hybrid(py::module_& m) {
         py::array keep;
         const float* b = optional_floats(bias, keep, g.o, fn, "bias");
         const qdrift::KernelPath path = qdrift::parse_kernel_path(kernels);
+        const qdrift::Path p = qdrift::parse_path(impl);
         auto y = array_out<float>({g.n, g.oh, g.ow, g.o});
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          qdrift::conv2d_f32(path, g, xi.data, fi.data, b, depthwise, lo, hi, yp);
+          qdrift::conv2d_f32(path, g, xi.data, fi.data, b, depthwise, lo, hi, yp, p);
         }
         return y;
       },
       "x"_a, "filter"_a, "bias"_a, py::kw_only(), "kernels"_a, "strides"_a = Pair{1, 1}, "padding"_a = "valid",
       "dilation"_a = Pair{1, 1}, "groups"_a = 1, "depthwise"_a = false, "lo"_a = -INFINITY, "hi"_a = INFINITY,
-      "float32 CONV_2D / DEPTHWISE_CONV_2D in the summation order of a LiteRT path: filter (KH, KW, C/groups, O).");
+      "path"_a = "auto",
+      "float32 CONV_2D / DEPTHWISE_CONV_2D in the summation order of a LiteRT path: filter (KH, KW, C/groups, O).\n"
+      "path: qdrift's kernels, 'reference' | 'fast' | 'auto' (same bits).");
 
   m.def(
       "activation_f32",

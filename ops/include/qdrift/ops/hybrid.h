@@ -45,6 +45,9 @@ enum class KernelPath : std::uint8_t { kReference, kBuiltin, kXnnpack, kTfBuilti
 // "reference" | "builtin" | "xnnpack" | "tf_builtin"
 KernelPath parse_kernel_path(std::string_view name);
 
+// `impl` picks qdrift's implementation, not the LiteRT path: kReference runs the readable loops
+// below, kFast (the same bits) the int8 GEMM / depthwise kernels of integer_kernels.inc for the
+// integer sums (hybrid_fast.cpp); it falls back to the loops when the sums could overflow int32.
 // y = clamp(bias + x W^T, lo, hi); x (batch, in) float, filter (out, in) int8 with filter_scale
 // per output channel (n_scales == out) or shared (n_scales == 1); bias (out) or null.
 // TFLite (reference, builtin): if the whole input is zero, y = clamp(bias); else each row is
@@ -54,14 +57,14 @@ KernelPath parse_kernel_path(std::string_view name);
 void fully_connected_hybrid(KernelPath path, const float* x, std::size_t batch, std::size_t in,
                             const std::int8_t* filter, std::size_t out, const float* filter_scale,
                             std::size_t n_scales, const float* bias, bool asymmetric_inputs, float lo, float hi,
-                            float* y);
+                            float* y, Path impl = Path::kReference);
 
 // Convolution (groups from g; depthwise is groups == C with filter (KH, KW, 1, C*M)); x NHWC
 // float; filter in qdrift's layout (KH, KW, C/groups, O) int8; one quantization per batch image.
 // `depthwise` selects DEPTHWISE_CONV_2D's rules (always per-channel, asymmetric; never XNNPACK).
 void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const std::int8_t* filter,
                    const float* filter_scale, std::size_t n_scales, const float* bias, bool depthwise, float lo,
-                   float hi, float* y);
+                   float hi, float* y, Path impl = Path::kReference);
 
 // ---- float32 kernels, each path's summation order ---------------------------------------------
 // reference: sequential float32 sum over the taps (FC: i; conv: ky, kx, ic), then + bias (no FMA).
@@ -81,12 +84,15 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   pixel can differ in the last bits.
 // xnnpack: fused multiply-adds starting from the bias; taps in the reference order, except
 //   depthwise with one output per input channel (XNNPACK's dwconv), which walks kx outer, ky inner.
+// impl: kReference the loops below; kFast (same bits) runs the output channels' chains side by
+// side in vector lanes (hybrid_fast.cpp), the reference for matrix-vector / tiny builtin products.
 void fully_connected_f32(KernelPath path, const float* x, std::size_t batch, std::size_t in, const float* filter,
-                         std::size_t out, const float* bias, float lo, float hi, float* y);
+                         std::size_t out, const float* bias, float lo, float hi, float* y,
+                         Path impl = Path::kReference);
 // `depthwise` marks DEPTHWISE_CONV_2D (builtin: its own kernel, which starts each sum from the
 // bias and adds the taps ky, kx in order).
 void conv2d_f32(KernelPath path, const ConvGeometry& g, const float* x, const float* filter, const float* bias,
-                bool depthwise, float lo, float hi, float* y);
+                bool depthwise, float lo, float hi, float* y, Path impl = Path::kReference);
 
 // Float TANH / LOGISTIC as the reference kernels compute them: std::tanh; logistic
 // 1 / (1 + exp(-x)) with TFLite's cut-offs (1 above 16.619047, exp(x) below -9).
