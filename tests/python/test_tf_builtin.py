@@ -28,7 +28,6 @@ def _random_weights(rng, km):
 
 
 def test_fully_connected_equals_the_tf_wheel(rng):
-    # units >= 2: a single output unit runs Eigen's dot product, whose AVX order is not reproduced.
     for depth, units in [(5, 5), (31, 7), (36, 3), (12, 6), (64, 13), (3, 2)]:
         km = keras.Sequential([keras.Input((depth,)), keras.layers.Dense(units)])
         w, b = _random_weights(rng, km)
@@ -37,6 +36,28 @@ def test_fully_connected_equals_the_tf_wheel(rng):
             x = rng.normal(size=(batch, depth)).astype(f32)
             ours = _core.fully_connected_f32(x, np.ascontiguousarray(w.T), b, kernels="tf_builtin")
             assert np.array_equal(ours, _tf_run(km, x, fb)), (depth, units, batch)
+
+
+def test_one_unit_fully_connected_equals_both_wheels(rng):
+    """One output unit at batch 1 (a Dense(1) head; what the calibrator runs) is Eigen's inner
+    product, whose order depends only on the depth: packets of 8 on the tensorflow wheel, of 4 on
+    ai-edge-litert's builtin path. Depths around every packet and four-packet boundary."""
+    from ai_edge_litert import interpreter as litert
+    for depth in (1, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 25, 31, 32, 33, 39, 40, 47, 57, 71, 100):
+        km = keras.Sequential([keras.Input((depth,)), keras.layers.Dense(1)])
+        w, b = _random_weights(rng, km)
+        fb = tf.lite.TFLiteConverter.from_keras_model(km).convert()
+        it = litert.Interpreter(model_content=fb, experimental_op_resolver_type=(
+            litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        it.allocate_tensors()
+        for _ in range(3):
+            x = rng.normal(size=(1, depth)).astype(f32)
+            ours = _core.fully_connected_f32(x, np.ascontiguousarray(w.T), b, kernels="tf_builtin")
+            assert np.array_equal(ours, _tf_run(km, x, fb)), ("tf_builtin", depth, x, w)
+            it.set_tensor(it.get_input_details()[0]["index"], x)
+            it.invoke()
+            ours = _core.fully_connected_f32(x, np.ascontiguousarray(w.T), b, kernels="builtin")
+            assert np.array_equal(ours, it.get_tensor(it.get_output_details()[0]["index"])), ("builtin", depth)
 
 
 def test_conv_and_depthwise_equal_the_tf_wheel(rng):

@@ -71,7 +71,9 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   tail sequentially; tiny products (outputs + depth + columns < 20) use Eigen's redux (two
 //   packet accumulators, merged); the rest the blocked GEMM (GEBP), whose order depends on the
 //   output's micro-tile (sequential; two alternating accumulators; four "swapped" ones; see
-//   gebp_order in hybrid.cpp). Then + bias. Measured bit-exact for FULLY_CONNECTED and CONV_2D
+//   gebp_order in hybrid.cpp). A 1 x 1 product (one output, batch 1) is Eigen's inner product:
+//   four packet accumulators, packet k into accumulator k mod 4, merged a0 + (a1 + (a2 + a3)),
+//   lanes reduced, then the depth mod P tail in order (inner_product_dot). Then + bias. Measured bit-exact for FULLY_CONNECTED and CONV_2D
 //   (im2col + GEMM) for depths below Eigen's k block.
 // tf_builtin: as builtin, but the matrix-vector product sums 8 lanes (i mod 8) over whole
 //   packets of 8, reduces them as l_k + l_{k+4} then (b0 + b2) + (b1 + b3), and adds the rest
