@@ -425,13 +425,30 @@ def calibrate(g, calibration):
             # normal float), so an all-negative tensor's max is FLT_MIN.
             old = ranges.get(name, (f32(np.finfo(f32).max), f32(np.finfo(f32).tiny)))
             ranges[name] = (min(old[0], lo), max(old[1], hi))
-    # The calibrator logs an op's inputs after the op ran; LiteRT runs ADD in place (its output
-    # overwrites input 0), so input 0's logged range also covers ADD's output.
     for n in g.nodes:
-        if n.op == "ADD" and n.bias is None:
-            a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
-            ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
+        shared = _in_place_input(g, n)
+        if shared is not None:   # logged again after ADD overwrote it with ADD's output
+            a, out = ranges[shared], ranges[n.outputs[0]]
+            ranges[shared] = (min(a[0], out[0]), max(a[1], out[1]))
     return ranges
+
+
+def _in_place_input(g, n):
+    """The input whose buffer ADD's output takes over, or None. The calibrator logs every op's
+    inputs before and after the op ran, so that input's range also covers ADD's output. TFLite's
+    ArenaPlanner::IdentifyInPlaceTensors (ADD is registered with kTfLiteInplaceOpInput0Shared |
+    kTfLiteInplaceOpInput1Shared) takes the first input, in order, that InputTensorCanBeShared
+    allows: as many bytes as the output and more than one float (kScalarTensorBytes = 4), read by
+    no other op (refcount 1), not the graph input, and the output not the graph output. A
+    constant (the dilated convolution's bias) is never in the arena."""
+    if n.op != "ADD" or n.outputs[0] == g.last:
+        return None
+    size = int(np.prod(g.shapes[n.outputs[0]]))
+    for name in n.inputs:
+        readers = sum(m.inputs.count(name) for m in g.nodes) + (name == g.last)
+        if name != "input" and int(np.prod(g.shapes[name])) == size and size > 1 and readers == 1:
+            return name
+    return None
 
 
 # ---- quantization ---------------------------------------------------------------------------------
