@@ -247,7 +247,7 @@ namespace {
 // The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
 // output in one of three orders, depending on which Eigen product runs. P = 4 (SSE packets).
 enum class EigenSum : std::uint8_t {
-  kSequential, kGemv, kRedux, kInnerProduct, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
+  kSequential, kPlain, kGemv, kRedux, kInnerProduct, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
 };
 
 // How Eigen evaluates (out x depth) * (depth x cols): a matrix-vector product when either side is
@@ -426,7 +426,11 @@ namespace {
 void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, bool avx,
                        float lo, float hi, float* y) {
   const std::size_t depth = g.kh * g.kw * g.c, pixels = g.n * g.oh * g.ow;
-  const EigenSum order = eigen_sum_order(g.o, depth, pixels);
+  // The tensorflow wheel's calibrator runs the multithreaded kernel (an Eigen tensor
+  // contraction): no coefficient-based, GEMV or inner-product special cases except one column
+  // (one output pixel), which its evalGemv sums in order.
+  const EigenSum order = !avx ? eigen_sum_order(g.o, depth, pixels) : pixels == 1 ? EigenSum::kPlain
+                                                                                  : EigenSum::kSequential;
   std::vector<float> rows(g.o * depth), patch(depth);
   for (std::size_t oc = 0; oc < g.o; ++oc)   // (KH, KW, C, O) -> filter rows (O, KH*KW*C)
     for (std::size_t k = 0; k < depth; ++k) rows[oc * depth + k] = filter[k * g.o + oc];
@@ -450,7 +454,7 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
         float* out = y + col * g.o;
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels, avx) : order;
-          if (avx && order == EigenSum::kGemv) o_order = tf_gemv_order(oc, col, g.o, pixels);
+          if (avx && order == EigenSum::kPlain) o_order = EigenSum::kSequential;
           out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth, avx) + (bias ? bias[oc] : 0.0f),
                            lo, hi);
         }
