@@ -306,10 +306,8 @@ namespace detail {
 // a vector, a coefficient-based ("lazy") product for tiny sizes (rows + depth + cols < 20), else
 // the blocked GEMM, which sums each output sequentially over depth (for depth below its k block).
 EigenSum eigen_sum_order(std::size_t out, std::size_t depth, std::size_t cols) {
-  // A 1 x 1 output is an inner product, which the wheel evaluates as a redux over 8-float
-  // packets (measured on Dense(1) heads of depth 20 and 45: neither the 4-lane GEMV nor the
-  // 4-lane redux matches both; test_convert.py's float16 and dynamic-range models).
-  if (cols == 1 && out == 1) return EigenSum::kRedux8;
+  // A 1 x 1 output is Eigen's inner product (inner_product_dot).
+  if (cols == 1 && out == 1) return EigenSum::kInnerProduct;
   if (cols == 1 || out == 1) return EigenSum::kGemv;
   if (out + depth + cols < 20) return EigenSum::kRedux;
   return EigenSum::kSequential;
@@ -353,31 +351,37 @@ float gebp_swapped_avx_dot(const float* x, const float* w, std::size_t depth) {
   return t;
 }
 
-// Eigen's redux of x * w over packets of 8: two packet accumulators over pairs of packets, one
-// more packet if left, the 8 lanes reduced pairwise ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
-// then the tail in order.
-float redux8_dot(const float* x, const float* w, std::size_t depth) {
-  constexpr std::size_t P = 8;
-  const std::size_t end = depth / P * P, end2 = depth / (2 * P) * (2 * P);
-  if (end == 0) {
+// A 1 x 1 output: Eigen's inner product (Eigen/src/Core/InnerProduct.h, inner_product_impl; the
+// GEMV product falls back to it when lhs.rows() == 1 and rhs.cols() == 1). Four packet
+// accumulators take packets 0..3 and then every fourth packet; the 1-3 packets after the last
+// group of four go to accumulators 0, 1, 2; they merge as a0 + (a1 + (a2 + a3)), the lanes reduce
+// pairwise ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) (SSE: (l0 + l2) + (l1 + l3)), then
+// the depth mod P products are added in order. Fewer than P products sum in order from the first.
+// No alignment peeling: the order depends only on depth (measured bit-exact for depths 1..79 and
+// up to 333 on both wheels: P = 8 in tensorflow's, P = 4 in ai-edge-litert's).
+float inner_product_dot(const float* x, const float* w, std::size_t depth, std::size_t P) {
+  if (depth < P) {
     float t = depth ? x[0] * w[0] : 0.0f;
     for (std::size_t i = 1; i < depth; ++i) t += x[i] * w[i];
     return t;
   }
-  float r0[P], r1[P];
-  for (std::size_t l = 0; l < P; ++l) r0[l] = x[l] * w[l];
-  if (end > P) {
-    for (std::size_t l = 0; l < P; ++l) r1[l] = x[P + l] * w[P + l];
-    for (std::size_t i = 2 * P; i < end2; i += 2 * P)
-      for (std::size_t l = 0; l < P; ++l) {
-        r0[l] += x[i + l] * w[i + l];
-        r1[l] += x[i + P + l] * w[i + P + l];
-      }
-    for (std::size_t l = 0; l < P; ++l) r0[l] += r1[l];
-    if (end > end2)
-      for (std::size_t l = 0; l < P; ++l) r0[l] += x[end2 + l] * w[end2 + l];
+  const std::size_t packets = depth / P, end = packets * P;
+  float acc[4][8] = {};
+  for (std::size_t k = 0; k < packets && k < 4; ++k)
+    for (std::size_t l = 0; l < P; ++l) acc[k][l] = x[k * P + l] * w[k * P + l];
+  if (packets >= 4) {
+    for (std::size_t i = 4 * P; i < end; i += P)   // later groups of four, then the 1-3 left over
+      for (std::size_t l = 0; l < P; ++l) acc[i / P % 4][l] += x[i + l] * w[i + l];
+    for (std::size_t l = 0; l < P; ++l) acc[2][l] += acc[3][l];
   }
-  float t = ((r0[0] + r0[4]) + (r0[2] + r0[6])) + ((r0[1] + r0[5]) + (r0[3] + r0[7]));
+  if (packets >= 3)
+    for (std::size_t l = 0; l < P; ++l) acc[1][l] += acc[2][l];
+  if (packets >= 2)
+    for (std::size_t l = 0; l < P; ++l) acc[0][l] += acc[1][l];
+  float* a = acc[0];
+  if (P == 8)   // AVX predux: the two halves added lane by lane, then the SSE predux
+    for (std::size_t l = 0; l < 4; ++l) a[l] += a[l + 4];
+  float t = (a[0] + a[2]) + (a[1] + a[3]);
   for (std::size_t i = end; i < depth; ++i) t += x[i] * w[i];
   return t;
 }
@@ -392,7 +396,7 @@ float eigen_dot(EigenSum order, const float* x, const float* w, std::size_t dept
     for (std::size_t i = end4; i < depth; ++i) t += x[i] * w[i];
     return t;
   }
-  if (order == EigenSum::kRedux8) return redux8_dot(x, w, depth);
+  if (order == EigenSum::kInnerProduct) return inner_product_dot(x, w, depth, avx ? 8 : 4);
   if (order == EigenSum::kGebpPairs || order == EigenSum::kGebpSwapped) {
     const std::size_t ways = order == EigenSum::kGebpPairs ? 2 : 4;
     const std::size_t end = order == EigenSum::kGebpPairs ? depth / 8 * 8 : depth / 4 * 4;
@@ -481,7 +485,11 @@ namespace {
 void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filter, const float* bias, bool avx,
                        float lo, float hi, float* y) {
   const std::size_t depth = g.kh * g.kw * g.c, pixels = g.n * g.oh * g.ow;
-  const EigenSum order = eigen_sum_order(g.o, depth, pixels);
+  // The tensorflow wheel's calibrator runs the multithreaded kernel (an Eigen tensor
+  // contraction): no coefficient-based, GEMV or inner-product special cases except one column
+  // (one output pixel), which its evalGemv sums in order.
+  const EigenSum order = !avx ? eigen_sum_order(g.o, depth, pixels) : pixels == 1 ? EigenSum::kPlain
+                                                                                  : EigenSum::kSequential;
   std::vector<float> rows(g.o * depth), patch(depth);
   for (std::size_t oc = 0; oc < g.o; ++oc)   // (KH, KW, C, O) -> filter rows (O, KH*KW*C)
     for (std::size_t k = 0; k < depth; ++k) rows[oc * depth + k] = filter[k * g.o + oc];
@@ -505,7 +513,7 @@ void conv2d_f32_im2col(const ConvGeometry& g, const float* x, const float* filte
         float* out = y + col * g.o;
         for (std::size_t oc = 0; oc < g.o; ++oc) {
           EigenSum o_order = order == EigenSum::kSequential ? gebp_order(oc, col, g.o, pixels, avx) : order;
-          if (avx && order == EigenSum::kGemv) o_order = tf_gemv_order(oc, col, g.o, pixels);
+          if (avx && order == EigenSum::kPlain) o_order = EigenSum::kSequential;
           out[oc] = clampf(eigen_dot(o_order, patch.data(), rows.data() + oc * depth, depth, avx) + (bias ? bias[oc] : 0.0f),
                            lo, hi);
         }

@@ -64,7 +64,7 @@ HybridConvPlan hybrid_conv_plan(KernelPath path, const ConvGeometry& g, const fl
 // The builtin float GEMM (cpu_backend_gemm_eigen: dst = filter * columns, then bias) sums each
 // output in one of these orders, depending on which Eigen product runs. P = 4 (SSE packets).
 enum class EigenSum : std::uint8_t {
-  kSequential, kGemv, kRedux, kRedux8, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
+  kSequential, kPlain, kGemv, kRedux, kInnerProduct, kGebpPairs, kGebpSwapped, kGebpSwappedAvx, kGemvHalf
 };
 // The product's order for an (out x depth) * (depth x cols) product; kSequential means the blocked
 // GEMM, whose per-output order gebp_order gives (kSequential: t = 0, t += x[i] * w[i] for i in order).

@@ -67,14 +67,15 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     and the unrolled RNN shares one bias tensor across steps (int8 gives each step a copy).
 Calibration runs the float graph one sample at a time (as the calibrator does: the batch size
 picks Eigen's summation order) through tflite_float's "tf_builtin" kernels, the tensorflow
-wheel's builtin optimized float kernels that the calibrator runs (not LiteRT's: the wheel's Eigen
-has AVX packets; see hybrid.h), keeps each tensor's global min/max, starting from
-(FLT_MAX, FLT_MIN) as the calibrator does, and widens input 0 of every ADD by ADD's output
-(LiteRT runs ADD in place and the calibrator logs inputs after the op); likewise for MUL and ADD
-with a constant operand, unless input 0 is the graph input or the output the graph output.
-Not reproduced: a
-FULLY_CONNECTED with one output unit (Eigen's dot product, whose AVX order is unknown) and which
-ADD input the arena shares on some unrolled RNNs, so a scale can still differ from the file's;
+wheel's builtin float kernels as its calibrator runs them (not LiteRT's: the wheel's Eigen has
+AVX packets, and the calibrator's default thread count selects the multithreaded CONV_2D; see
+hybrid.h), keeps each tensor's global min/max, starting from (FLT_MAX, FLT_MIN) as the
+calibrator does, and widens the ADD or MUL input whose buffer LiteRT's arena gives to the op's output (the
+calibrator logs inputs again after the op; see _in_place_input). Measured equal to the
+calibrator's min/max on every tensor of 100 random models (tests/python/test_convert.py).
+Not reproducible: a CONV_2D whose filter is as large as its input under SAME padding with nothing
+padded before (a 2-wide filter on a 2-wide input, stride 1), where the calibrator's kernel leaves
+output pixels uninitialized, so its ranges are whatever memory held;
 pass `ranges` (the calibrator's min/max) to reproduce the file exactly."""
 from __future__ import annotations
 
@@ -512,20 +513,31 @@ def calibrate(g, calibration):
             # normal float), so an all-negative tensor's max is FLT_MIN.
             old = ranges.get(name, (f32(np.finfo(f32).max), f32(np.finfo(f32).tiny)))
             ranges[name] = (min(old[0], lo), max(old[1], hi))
-    # The calibrator logs an op's inputs after the op ran; LiteRT runs ADD in place (its output
-    # overwrites input 0), so input 0's logged range also covers ADD's output.
     for n in g.nodes:
-        if n.op == "ADD" and n.bias is None:
-            a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
-            ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
-    # MUL and ADD with a constant operand (an unfolded BatchNormalization, a dilated convolution's
-    # bias) run in place as well, except where input 0 is the graph input or the output is the
-    # graph output (the arena shares neither).
-    for n in g.nodes:
-        if n.op in ("MUL", "ADD") and n.bias is not None and n.inputs[0] != "input" and n.outputs[0] != g.last:
-            a, out = ranges[n.inputs[0]], ranges[n.outputs[0]]
-            ranges[n.inputs[0]] = (min(a[0], out[0]), max(a[1], out[1]))
+        shared = _in_place_input(g, n)
+        if shared is not None:   # logged again after ADD overwrote it with ADD's output
+            a, out = ranges[shared], ranges[n.outputs[0]]
+            ranges[shared] = (min(a[0], out[0]), max(a[1], out[1]))
     return ranges
+
+
+def _in_place_input(g, n):
+    """The input whose buffer an ADD's or MUL's output takes over, or None. The calibrator logs
+    every op's inputs before and after the op ran, so that input's range also covers the output.
+    TFLite's ArenaPlanner::IdentifyInPlaceTensors (ADD and MUL are registered with
+    kTfLiteInplaceOpInput0Shared | kTfLiteInplaceOpInput1Shared) takes the first input, in order, that InputTensorCanBeShared
+    allows: as many bytes as the output and more than one float (kScalarTensorBytes = 4), read by
+    no other op (refcount 1), not the graph input, and the output not the graph output. A
+    constant (a dilated convolution's bias, an unfolded BatchNormalization's operands) is never
+    in the arena."""
+    if n.op not in ("ADD", "MUL") or n.outputs[0] == g.last:
+        return None
+    size = int(np.prod(g.shapes[n.outputs[0]]))
+    for name in n.inputs:
+        readers = sum(m.inputs.count(name) for m in g.nodes) + (name == g.last)
+        if name != "input" and int(np.prod(g.shapes[name])) == size and size > 1 and readers == 1:
+            return name
+    return None
 
 
 # ---- quantization ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ def _converted(rng, kind=None):
 
 def test_int8_random_models_equal_the_converter_and_litert(rng):
     tensors = same_params = xnnpack_failures = with_mul = 0
+    range_misses, garbage_models = [], 0
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal)
@@ -51,11 +52,8 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
             assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
             assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
         # qdrift's own calibration runs the tensorflow wheel's builtin float kernels ("tf_builtin",
-        # test_tf_builtin.py), except a FULLY_CONNECTED with one output unit (Eigen's AVX dot
-        # product, not reproduced), whose sum can differ in the last bits. Require that every
-        # difference is such a rounding difference: within 1e-5 of the range width (float32
-        # accumulation over at most a few hundred terms), never a different rule.
-        ours_cal = calibrated_ranges(calibrated, by_qdrift)   # same alignment, qdrift's values below
+        # test_tf_builtin.py) and models which ADD input the arena shares in place: every
+        # tensor's (min, max) equals the calibrator's bit for bit.
         for t in by_qdrift.tensors:
             if t.name in ranges and t.scale.size:
                 tensors += 1
@@ -63,25 +61,77 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
                 same_params += int(np.array_equal(t.scale, twin.scale) and np.array_equal(t.zero_point, twin.zero_point))
         graph = qd.convert.__globals__["_lower"](qd.from_keras(km))
         found = qd.convert.__globals__["calibrate"](graph, cal)
-        # Excluded: the inputs of ADD of two tensors (unrolled RNN steps). LiteRT runs ADD in place
-        # and the calibrator logs inputs after the op ran, so one input's range also covers ADD's
-        # output; which input the arena shares is not modelled (qd.convert assumes input 0,
-        # right on the canonical RNN, wrong on some random ones). Counted, not asserted. The
-        # in-place MUL + ADD of an unfolded BatchNormalization (constant operands) is asserted.
-        add_inputs = {i for n in graph.nodes if n.op == "ADD" and n.bias is None for i in n.inputs}
-        for name, (lo, hi) in ours_cal.items():
-            if name in add_inputs:
-                continue
-            width = max(float(hi) - float(lo), 1e-6)
-            assert abs(float(found[name][0]) - float(lo)) <= 1e-5 * width, (trial, name, found[name], (lo, hi))
-            assert abs(float(found[name][1]) - float(hi)) <= 1e-5 * width, (trial, name, found[name], (lo, hi))
+        if _uninitialized_conv(graph):
+            # The calibrator's CONV_2D leaves output pixels uninitialized here (see
+            # _uninitialized_conv), so its ranges are whatever memory held: nothing to reproduce.
+            garbage_models += 1
+            continue
+        for name, (lo, hi) in ranges.items():
+            calibrated_range = (np.float32(lo), np.float32(hi))
+            if found[name] != calibrated_range:
+                range_misses.append((trial, kind, name, found[name], calibrated_range))
     print(f"qdrift-calibrated activation params equal to the converter's: {same_params}/{tensors}; "
-          f"XNNPACK could not prepare {xnnpack_failures} files; {with_mul} models with an int8 MUL")
+          f"XNNPACK could not prepare {xnnpack_failures} files; range misses: {range_misses}; calibrated on "
+          f"uninitialized CONV_2D output: {garbage_models} models; {with_mul} models with an int8 MUL")
     assert xnnpack_failures <= MODELS // 10
     assert with_mul >= MODELS // 20, with_mul
-    # Measured 747/762 over 100 models (627 before tf_builtin); the rest are one-unit dense layers
-    # (and what follows them) and the ADD inputs above. 95% leaves room for other seeds.
-    assert same_params >= 0.95 * tensors, (same_params, tensors)
+    assert not range_misses, range_misses
+    assert garbage_models <= MODELS // 20, garbage_models
+    # Measured 913/913 over 100 models at the default seed, 856/856 with QDRIFT_TEST_SEED=7.
+    assert same_params == tensors, (same_params, tensors)
+
+
+def _uninitialized_conv(graph):
+    """Whether the calibrator's float graph has a CONV_2D whose output it leaves partly unwritten:
+    its multithreaded kernel (multithreaded_conv.h, taken at the calibrator's default thread
+    count) treats a filter as large as the input with no padding before as one matrix product of
+    one output pixel per image, but SAME padding with a 2-wide filter at stride 1 on that axis
+    asks for more pixels (measured: the rest differ between two runs on the same input)."""
+    for n in graph.nodes:
+        if n.op != "CONV_2D" or n.geometry.padding != "same":
+            continue
+        hw = graph.shapes[n.inputs[0]][1:3]
+        out_hw = graph.shapes[n.outputs[0]][1:3]
+        kernel, strides = tuple(n.geometry.kernel_size), tuple(n.geometry.strides)
+        if kernel == (1, 1) and strides == (1, 1) or tuple(hw) != kernel:
+            continue
+        pads_before = [((o - 1) * s + k - i) // 2 for o, s, k, i in zip(out_hw, strides, kernel, hw)]
+        if pads_before == [0, 0] and out_hw[0] * out_hw[1] > 1:
+            return True
+    return False
+
+
+def test_own_calibration_edge_cases_equal_the_calibrator(rng):
+    """qdrift's calibration equals the calibrator's (min, max) on every tensor at the edges of the
+    rules it models: the ADD of an unrolled RNN step shares its first input in place only when the
+    tensors hold more than one float (units 1: no sharing); a one-unit Dense head is Eigen's inner
+    product at depths across its packet groups; CONV_2D shapes on both sides of the multithreaded
+    kernel's MatMul shortcut (VALID and strided filters as large as the input are one pixel and
+    exact; SAME 2x2 on 2x2 is the uninitialized case, flagged and not compared)."""
+    g = qd.convert.__globals__
+    cases = [((3, 2), [L.SimpleRNN(1, unroll=True)]), ((3, 2), [L.SimpleRNN(3, unroll=True)]),
+             ((33,), [L.Dense(1)]), ((45,), [L.Dense(4, activation="relu"), L.Dense(1)]),
+             ((2, 2, 2), [L.Conv2D(3, 2, padding="valid"), L.Flatten(), L.Dense(2)]),
+             ((2, 2, 2), [L.Conv2D(3, 2, strides=2, padding="same"), L.Flatten(), L.Dense(2)]),
+             ((3, 3, 1), [L.Conv2D(2, 3, padding="same"), L.Flatten(), L.Dense(2)]),
+             ((2, 2, 1), [L.Conv2D(3, 2, padding="same"), L.Flatten(), L.Dense(2)])]
+    shared = []
+    for shape, layers in cases:
+        km = keras.Sequential([keras.Input(shape, batch_size=1 if len(shape) == 2 else None)] + layers)
+        randomize_weights(km, rng)
+        cal = rng.normal(size=(4,) + shape).astype(np.float32)
+        by_qdrift = qd.convert(km, "tflite_int8", calibration=cal)
+        _, calibrated = convert_with_tf(km, "tflite_int8", cal)
+        graph = g["_lower"](qd.from_keras(km))
+        shared += [g["_in_place_input"](graph, n) for n in graph.nodes if n.op == "ADD"]
+        if _uninitialized_conv(graph):
+            assert shape == (2, 2, 1), shape      # only the SAME 2x2 filter on a 2x2 input
+            continue
+        found = g["calibrate"](graph, cal)
+        for name, (lo, hi) in calibrated_ranges(calibrated, by_qdrift).items():
+            assert found[name] == (np.float32(lo), np.float32(hi)), (shape, name, found[name], (lo, hi))
+    # units 1 (two steps): nothing shared; units 3: the input part zx of both steps
+    assert [s is not None and s.endswith("/input") for s in shared] == [False, False, True, True], shared
 
 
 def _preserved(flatbuffer, x):

@@ -74,14 +74,22 @@ void conv2d_hybrid(KernelPath path, const ConvGeometry& g, const float* x, const
 //   tail sequentially; tiny products (outputs + depth + columns < 20) use Eigen's redux (two
 //   packet accumulators, merged); the rest the blocked GEMM (GEBP), whose order depends on the
 //   output's micro-tile (sequential; two alternating accumulators; four "swapped" ones; see
-//   gebp_order in hybrid.cpp). Then + bias. Measured bit-exact for FULLY_CONNECTED and CONV_2D
+//   gebp_order in hybrid.cpp). A 1 x 1 product (one output, batch 1) is Eigen's inner product:
+//   four packet accumulators, packet k into accumulator k mod 4, merged a0 + (a1 + (a2 + a3)),
+//   lanes reduced, then the depth mod P tail in order (inner_product_dot). Then + bias. Measured bit-exact for FULLY_CONNECTED and CONV_2D
 //   (im2col + GEMM) for depths below Eigen's k block.
 // tf_builtin: as builtin, but the matrix-vector product sums 8 lanes (i mod 8) over whole
 //   packets of 8, reduces them as l_k + l_{k+4} then (b0 + b2) + (b1 + b3), and adds the rest
-//   (depth mod 8) sequentially: no half packets. Measured bit-exact against tf.lite.Interpreter
-//   (BUILTIN_WITHOUT_DEFAULT_DELEGATES) for batch-1 FULLY_CONNECTED. The blocked GEMM's AVX
-//   micro-tile orders are NOT reproduced (the SSE ones run): CONV_2D over more than one output
-//   pixel can differ in the last bits.
+//   (depth mod 8) sequentially: no half packets; the inner product takes packets of 8. Measured
+//   bit-exact against tf.lite.Interpreter (BUILTIN_WITHOUT_DEFAULT_DELEGATES) for batch-1
+//   FULLY_CONNECTED. CONV_2D is the calibrator's: its interpreter keeps the default thread count,
+//   so conv.cc runs the multithreaded kernel (an Eigen tensor contraction on a pool of 4 threads),
+//   which sums every output in the AVX GEBP order (gebp_order; no coefficient-based, GEMV or
+//   inner-product cases) except a single output pixel, summed in order (its evalGemv). Measured
+//   against tf.lite.Interpreter(num_threads=4). (That kernel's MatMul shortcut for a filter as
+//   large as the input with no padding before also takes SAME convolutions with a 2-wide filter
+//   on a 2-wide input, writes only the first output pixel and leaves the rest uninitialized: not
+//   reproducible.)
 // xnnpack: fused multiply-adds starting from the bias; taps in the reference order, except
 //   depthwise with one output per input channel (XNNPACK's dwconv), which walks kx outer, ky inner.
 // impl: kReference the loops below; kFast (same bits) runs the output channels' chains side by
