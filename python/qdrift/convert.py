@@ -10,11 +10,20 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     ADD(beta - mean * m) with (C,) constants: emitted for tflite_dynamic (float32 constants) and
     tflite_fp16 (float16 through DEQUANTIZE); the full-integer profiles raise UnsupportedError
     (qdrift has no int8 MUL), as do a BatchNormalization after a dilated convolution or another
-    BatchNormalization, and one right before a Dense (or, with one channel, a Conv): the converter folds
-    MUL + ADD into that layer's constants.
+    BatchNormalization, and one right before a Dense without bias (or, with one channel, a Conv):
+    the converter folds MUL + ADD into that layer's constants. Before a Dense with a bias it moves
+    into that Dense (see Dense -> Dense).
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
-    BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
-    reproduce: UnsupportedError.
+    BatchNormalization between them) into the second Dense: b2' = FC(b1, W2, b2), constant-folded
+    by FullyConnectedOp::fold (float32, Neumaier-compensated, in input order); the first keeps
+    W1 and loses its bias. Not when the second has no (or an all-zero) bias, or a relu / relu6
+    right after it; the exact rules are at _fuse_dense_chains. A BatchNormalization before a Dense
+    that takes no bias stays MUL + ADD before it, which the converter folds later: UnsupportedError.
+  - Dense on a (batch, ..., F) input: RESHAPE (-1, F) -> FULLY_CONNECTED without bias -> RESHAPE
+    back -> ADD of the bias (quantized like an activation) carrying a fused relu / relu6; without
+    a bias the FC carries it and a tanh / sigmoid comes before the second RESHAPE. Right after a
+    reshape, or without a bias right before one, the converter merges RESHAPEs: UnsupportedError.
+    A BatchNormalization after it is not folded (MUL + ADD).
   - relu / relu6 (the layer's activation, or a ReLU/Activation layer right after a Dense/Conv
     without activation) fuse into the op; tanh / sigmoid stay separate TANH / LOGISTIC ops.
   - FULLY_CONNECTED gets no bias input when the bias is absent or all zero; CONV_2D and
@@ -368,7 +377,7 @@ def _lower(model):
                 f"following VALID '{after.name}' (not reproduced)")
         if isinstance(layer, (L.Dense, L.Conv2D, L.DepthwiseConv2D)):
             if isinstance(layer, L.Dense) and len(shape_in) != 1:
-                _lower_dense_rank_n(g, layer, x)
+                _lower_dense_rank_n(g, layer, x, after)
                 continue
             if _dilated(layer):
                 _lower_dilated(g, layer, x)
@@ -403,7 +412,7 @@ def _lower(model):
     return g
 
 
-def _lower_dense_rank_n(g, layer, x):
+def _lower_dense_rank_n(g, layer, x, after):
     """Keras Dense on a (batch, ..., F) input: its Tensordot becomes RESHAPE (-1, F) ->
     FULLY_CONNECTED without bias (keep_num_dims false) -> RESHAPE back -> ADD of the bias, which
     carries a fused relu / relu6 (without a bias the FULLY_CONNECTED carries it); tanh / sigmoid
@@ -416,6 +425,9 @@ def _lower_dense_rank_n(g, layer, x):
                                      "reshape: the converter merges the two RESHAPE ops (not reproduced)")
     w, k = _tflite_weights(layer)
     bias = _bias_or_none(layer.weights.get("bias"))
+    if bias is None and isinstance(after, (L.Flatten, L.Reshape)):
+        raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(g.shapes[x])} input without a bias, "
+                                     "then a reshape: the converter merges the two RESHAPE ops (not reproduced)")
     act = layer.activation if layer.activation in _FUSED else "linear"
     units = w.shape[0]
     g.add(_Node("RESHAPE", [x], [f"{name}/flat"]), [(1, 1)])

@@ -189,11 +189,21 @@ def random_image_model(rng):
 
 
 def random_dense_model(rng):
+    """Dense stacks: linear Dense -> Dense pairs (the converter moves the first bias into the
+    second), BatchNormalization between them, Dense without bias, and sometimes a first Dense on
+    a (T, F) input (RESHAPE, FC, RESHAPE, ADD in the file) before a Flatten."""
     shape = (int(rng.integers(1, 40)),)
     layers = []
+    if rng.random() < 0.25:
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 9)))
+        act = _act(rng) if rng.random() < 0.6 else "linear"
+        layers.append(L.Dense(int(rng.integers(1, 9)), activation=act, use_bias=bool(rng.random() < 0.8)))
+        if act == "linear" and rng.random() < 0.3:
+            layers.append(L.ReLU())
+        layers.append(L.Flatten())
     for _ in range(int(rng.integers(1, 4))):
         act = _act(rng) if rng.random() < 0.6 else "linear"
-        layers.append(L.Dense(int(rng.integers(1, 24)), activation=act))
+        layers.append(L.Dense(int(rng.integers(1, 24)), activation=act, use_bias=bool(rng.random() < 0.85)))
         _maybe_bn_and_act(rng, layers, act)
     return keras.Sequential([keras.Input(shape)] + layers)
 

@@ -2,6 +2,8 @@
 converted graph, scales, zero points, integer weights and biases equal the file's exactly (given
 the calibrator's ranges), outputs equal LiteRT's on every kernel path, every intermediate tensor
 equals LiteRT's reference run, and qdrift's own calibration is measured against the calibrator."""
+import collections
+
 import numpy as np
 import pytest
 from ai_edge_litert import interpreter as litert
@@ -27,8 +29,30 @@ def _converted(rng, kind=None):
         return kind_, km, cal, calibrated_by_qdrift
 
 
+def _dense_features(km):
+    """Which of the Dense rewrites a model exercises: a linear Dense feeding a Dense (possibly
+    through a BatchNormalization; the converter moves the bias), a Dense on a rank-N input."""
+    layers = qd.from_keras(km).layers
+    found = set()
+    for a, b, c in zip(layers, layers[1:], layers[2:] + [None]):
+        nxt = c if isinstance(b, qd.layers.BatchNormalization) else b
+        if isinstance(a, qd.layers.Dense) and a.activation == "linear" and isinstance(nxt, qd.layers.Dense):
+            found.add("linear Dense -> Dense")
+    found.update("rank-N Dense" for layer in layers if isinstance(layer, qd.layers.Dense) and len(layer.input_shape) > 1)
+    return found
+
+
+def _assert_dense_features(features):
+    """The generator makes both rewrites often enough to matter (measured with the default seed:
+    see the printed counts)."""
+    print(f"Dense rewrites covered: {dict(features)}")
+    if MODELS >= 50:
+        assert features["linear Dense -> Dense"] >= 3 and features["rank-N Dense"] >= 3, features
+
+
 def test_int8_random_models_equal_the_converter_and_litert(rng):
     tensors = same_params = xnnpack_failures = 0
+    features = collections.Counter()
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal)
@@ -36,6 +60,7 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
         ranges = calibrated_ranges(calibrated, by_qdrift)
         ours = qd.convert(km, "tflite_int8", ranges=ranges)
         compare_models(ours, theirs, (trial, km.name))      # graph, scales, zero points, weights, biases: exact
+        features.update(_dense_features(km))
         x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
         x = x.astype(np.float32)
         for kernels in RESOLVERS:
@@ -76,6 +101,7 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
     print(f"qdrift-calibrated activation params equal to the converter's: {same_params}/{tensors}; "
           f"XNNPACK could not prepare {xnnpack_failures} files")
     assert xnnpack_failures <= MODELS // 10
+    _assert_dense_features(features)
     # Measured 747/762 over 100 models (627 before tf_builtin); the rest are one-unit dense layers
     # (and what follows them) and the ADD inputs above. 95% leaves room for other seeds.
     assert same_params >= 0.95 * tensors, (same_params, tensors)
@@ -206,6 +232,7 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
     float case qdrift cannot pin down, bounded below)."""
     quantized = kept_float = inner_one_unit = 0
     worst_head = 0.0
+    features = collections.Counter()
     for trial in range(MODELS):
         while True:
             kind, km = random_model(rng)
@@ -218,6 +245,7 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
                 continue
         flatbuffer, _ = convert_with_tf(km, profile)
         compare_models(ours, qd.from_tflite(flatbuffer), (trial, km.name))
+        features.update(_dense_features(km))
         x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
         x = x.astype(np.float32)
         for kernels in RESOLVERS:
@@ -254,6 +282,7 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
     print(f"{profile}: worst one-unit float head on the builtin path: {worst_head:.2f} eps * sum|x w|; "
           f"{inner_one_unit} models with a one-unit float FC inside, bounded")
     assert inner_one_unit <= max(1, MODELS // 10), inner_one_unit
+    _assert_dense_features(features)
 
 
 def _has_one_unit_float_fc(tm):
@@ -295,19 +324,31 @@ def test_int16x8_random_models_equal_the_converter(rng):
     """int16 activations (symmetric, zero point 0, max|range| / 32767), int8 per-channel weights in
     float32 arithmetic, int64 biases, TANH/LOGISTIC outputs at 1/32768: the old quantizer's file,
     given the calibrator's ranges; and the outputs of both equal LiteRT's on every kernel path."""
-    refused = rejected = scale_refused = 0
+    refused = rejected = scale_refused = degenerate = 0
+    features = collections.Counter()
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int16x8", cal)
         theirs = qd.from_tflite(flatbuffer)
         try:
             first = qd.convert(km, "tflite_int16x8", calibration=cal)
-            ours = qd.convert(km, "tflite_int16x8", ranges=calibrated_ranges(calibrated, first))
+            ranges = calibrated_ranges(calibrated, first)
+            ours = qd.convert(km, "tflite_int16x8", ranges=ranges)
         except qd.UnsupportedError as e:    # the one int16x8 rule qdrift refuses (see convert.py)
             assert "AdjustWeightsForBiasScale" in str(e) and kind == "rnn", e
             refused += 1
             continue
+        if any(max(abs(float(lo)), abs(float(hi))) <= np.finfo(np.float32).tiny for lo, hi in ranges.values()):
+            # An all-zero tensor (e.g. a relu that never fires on the calibration data): the old
+            # quantizer gives it the scale FLT_MIN / 32767, a float32 denormal, and the layers
+            # after it get weight and activation scales of 1e24 and more. On such models the
+            # calibrator's second run (see convert_with_tf) does not reproduce the statistics
+            # the quantizer used (measured: an output range 260x apart), so there is no oracle
+            # for those scales here. Counted and bounded, not compared.
+            degenerate += 1
+            continue
         compare_models(ours, theirs, (trial, km.name))
+        features.update(_dense_features(km))
         x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
         x = x.astype(np.float32)
         for kernels in RESOLVERS:
@@ -333,7 +374,10 @@ def test_int16x8_random_models_equal_the_converter(rng):
             assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
     assert refused <= MODELS // 10, refused
     assert scale_refused <= 3 * max(1, MODELS // 20), scale_refused   # 3 kernel paths per model
-    print(f"LiteRT (and qdrift) refused {rejected} (model, path) runs at Prepare")
+    print(f"LiteRT (and qdrift) refused {rejected} (model, path) runs at Prepare; {degenerate} models with an "
+          "all-zero tensor not compared")
+    assert degenerate <= max(1, MODELS // 20), degenerate
+    _assert_dense_features(features)
 
 
 def _canonical_models():
@@ -445,3 +489,68 @@ def test_unfolded_batch_norm_float_profiles(rng, profile):
     before_dense = keras.Sequential([keras.Input((4,)), L.Activation("tanh"), L.BatchNormalization(), L.Dense(2)])
     with pytest.raises(qd.UnsupportedError, match="folds its MUL"):    # the converter folds it into the Dense
         qd.convert(before_dense, profile)
+
+
+# Dense -> Dense pairs as the converter's optimize pass fuses them (convert.py, "runs of Dense
+# layers"): the first bias moves into the second (FuseAddAndFullyConnected, folded with
+# FullyConnectedOp::fold's float32 Neumaier sum) unless the second has no (or an all-zero) bias
+# or a relu / relu6 right after it; a BatchNormalization between them moves too (MUL into the
+# second's weights, ADD into its bias); one after the second folds after the move.
+_PAIR_KINDS = ("plain", "no_bias_first", "no_bias_second", "zero_bias_second", "relu_second", "relu6_layer",
+               "bn_between", "bn_after", "bn_between_relu_second", "bn_after_relu_layer")
+
+
+def _dense_pairs_model(rng, kinds):
+    """One Keras model holding a Dense pair of each kind (sizes 1..64), separated by tanh (which
+    no fusion crosses)."""
+    layers = []
+    for kind in kinds:
+        n1, n2 = (int(v) for v in rng.integers(1, 65, 2))
+        layers.append(L.Dense(n1, use_bias=kind != "no_bias_first"))
+        if kind.startswith("bn_between"):
+            layers.append(L.BatchNormalization(epsilon=float(rng.choice([1e-3, 1e-5]))))
+        relu = "relu" if kind.endswith("relu_second") else "linear"
+        layers.append(L.Dense(n2, use_bias=kind != "no_bias_second", activation=relu))
+        if kind.startswith("bn_after"):
+            layers.append(L.BatchNormalization())
+        if kind.endswith("layer"):
+            layers.append(L.ReLU(6.0) if kind == "relu6_layer" else L.ReLU())
+        layers.append(L.Activation("tanh"))
+    km = keras.Sequential([keras.Input((int(rng.integers(1, 65)),))] + layers)
+    randomize_weights(km, rng)
+    for layer, kind in zip([lay for lay in km.layers if isinstance(lay, L.Dense)][1::2], kinds):
+        if kind == "zero_bias_second":
+            layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+    return km
+
+
+@pytest.mark.parametrize("profile", ["tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
+def test_dense_bias_moves_equal_the_converter(rng, profile):
+    """Every pair kind, sizes 1..64: the converter's weights and (moved) biases bit for bit (the
+    quantized profiles' weight scales and int32 / int64 biases derive from the moved bias; dynamic
+    range keeps the float32 bias), and LiteRT's outputs on the reference path. The moved biases
+    differ from the plain float32 b2 + W2^T b1 in some elements: the summation order matters."""
+    naive_differs = 0
+    for _ in range(2):
+        kinds = list(rng.permutation(_PAIR_KINDS))
+        km = _dense_pairs_model(rng, kinds)
+        cal = rng.normal(size=(4,) + km.input_shape[1:]).astype(np.float32)
+        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+        theirs = qd.from_tflite(flatbuffer)
+        if calibrated is not None:
+            first = qd.convert(km, profile, calibration=cal)
+            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
+        else:
+            ours = qd.convert(km, profile)
+        compare_models(ours, theirs, (km.name, profile, kinds))
+        x = rng.normal(size=(2,) + km.input_shape[1:]).astype(np.float32)
+        _, expected = run_litert(flatbuffer, "reference", x)
+        assert np.array_equal(ours.run(x, kernels="reference"), expected), (km.name, profile, kinds)
+        dense = [lay for lay in km.layers if isinstance(lay, L.Dense)]
+        for (d1, d2), kind in zip(zip(dense[0::2], dense[1::2]), kinds):
+            if kind == "plain":
+                w2, b1, b2 = (np.asarray(v, np.float32) for v in (d2.kernel, d1.bias, d2.bias))
+                naive = (b2 + (b1[:, None] * w2).astype(np.float32).sum(axis=0, dtype=np.float32)).astype(np.float32)
+                fold = qd.convert.__globals__["_fc_fold"](b1, w2.T, b2)
+                naive_differs += int(np.sum(naive != fold))
+    assert naive_differs > 0
