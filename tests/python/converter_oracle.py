@@ -59,10 +59,11 @@ def convert_with_tf(km, profile, calibration=None, inference_io="float"):
     return flatbuffer, captured.get("calibrated")
 
 
-def calibrated_ranges(calibrated, tm):
+def calibrated_ranges(calibrated, tm, missing_ok=False):
     """The calibrator's (min, max) of each float tensor, keyed by qd.convert's tensor names: the
     calibrated float graph's ops (shape arithmetic left out) align one to one with the converted
-    model's ops (QUANTIZE/DEQUANTIZE left out)."""
+    model's ops (QUANTIZE/DEQUANTIZE left out). missing_ok: None for a tensor the calibrator
+    logged no statistics for (it had only NaN / inf values)."""
     import tflite
     m = tflite.Model.GetRootAsModel(calibrated, 0)
     sg = m.Subgraphs(0)
@@ -70,6 +71,8 @@ def calibrated_ranges(calibrated, tm):
 
     def minmax(i):
         q = sg.Tensors(i).Quantization()
+        if missing_ok and (q is None or not q.MinLength()):
+            return None
         return (np.float32(q.MinAsNumpy()[0]), np.float32(q.MaxAsNumpy()[0]))
 
     float_ops = []

@@ -43,11 +43,11 @@ def _dense_features(km):
 
 
 def _assert_dense_features(features):
-    """The generator makes both rewrites often enough to matter (measured with the default seed:
-    see the printed counts)."""
+    """The generator makes both rewrites (measured with the default seed: see the printed counts;
+    test_dense_on_rank_n_inputs_equal_the_converter covers the rank-N forms one by one)."""
     print(f"Dense rewrites covered: {dict(features)}")
     if MODELS >= 50:
-        assert features["linear Dense -> Dense"] >= 3 and features["rank-N Dense"] >= 3, features
+        assert features["linear Dense -> Dense"] >= 3 and features["rank-N Dense"] >= 1, features
 
 
 def test_int8_random_models_equal_the_converter_and_litert(rng):
@@ -130,8 +130,10 @@ def test_every_intermediate_tensor_equals_litert_reference(rng):
         x = rng.normal(size=(1,) + km.input_shape[1:]).astype(np.float32)
         _, taps = ours.run(x, kernels="reference", taps=True)
         it = _preserved(flatbuffer, x)
+        # (and the int32 ops computing a rank-N Dense's RESHAPE shapes, which ours holds as constants)
         a = [op for op in ours.ops if op.name not in SHAPE_OPS]
-        b = [op for op in theirs.ops if op.name not in SHAPE_OPS]
+        b = [op for op in theirs.ops if op.name not in SHAPE_OPS
+             and not all(theirs.tensors[o].dtype == np.int32 for o in op.outputs)]
         for oa, ob in zip(a, b):
             for ia, ib in zip(oa.outputs, ob.outputs):
                 expected = it.get_tensor(ib)
@@ -332,20 +334,22 @@ def test_int16x8_random_models_equal_the_converter(rng):
         theirs = qd.from_tflite(flatbuffer)
         try:
             first = qd.convert(km, "tflite_int16x8", calibration=cal)
-            ranges = calibrated_ranges(calibrated, first)
+            ranges = calibrated_ranges(calibrated, first, missing_ok=True)
+            if any(r is None or max(abs(float(r[0])), abs(float(r[1]))) <= np.finfo(np.float32).tiny
+                   for r in ranges.values()):
+                # An all-zero tensor (e.g. a relu that never fires on the calibration data): the
+                # old quantizer gives it the scale FLT_MIN / 32767, a float32 denormal, and the
+                # layers after it get weight and activation scales of 1e24 and more (the float
+                # values after it can overflow: the calibrator then logs no statistics). On such
+                # models the calibrator's second run (see convert_with_tf) does not reproduce the
+                # statistics the quantizer used (measured: an output range 260x apart), so there
+                # is no oracle for those scales here. Counted and bounded, not compared.
+                degenerate += 1
+                continue
             ours = qd.convert(km, "tflite_int16x8", ranges=ranges)
         except qd.UnsupportedError as e:    # the one int16x8 rule qdrift refuses (see convert.py)
             assert "AdjustWeightsForBiasScale" in str(e) and kind == "rnn", e
             refused += 1
-            continue
-        if any(max(abs(float(lo)), abs(float(hi))) <= np.finfo(np.float32).tiny for lo, hi in ranges.values()):
-            # An all-zero tensor (e.g. a relu that never fires on the calibration data): the old
-            # quantizer gives it the scale FLT_MIN / 32767, a float32 denormal, and the layers
-            # after it get weight and activation scales of 1e24 and more. On such models the
-            # calibrator's second run (see convert_with_tf) does not reproduce the statistics
-            # the quantizer used (measured: an output range 260x apart), so there is no oracle
-            # for those scales here. Counted and bounded, not compared.
-            degenerate += 1
             continue
         compare_models(ours, theirs, (trial, km.name))
         features.update(_dense_features(km))
@@ -554,3 +558,40 @@ def test_dense_bias_moves_equal_the_converter(rng, profile):
                 fold = qd.convert.__globals__["_fc_fold"](b1, w2.T, b2)
                 naive_differs += int(np.sum(naive != fold))
     assert naive_differs > 0
+
+
+_RANK_N_SPECS = [((5, 7), lambda: [L.Dense(3)]), ((5, 7), lambda: [L.Dense(3, activation="relu")]),
+                 ((4, 6), lambda: [L.Dense(3, use_bias=False, activation="relu6")]),
+                 ((3, 5), lambda: [L.Dense(4, activation="tanh"), L.Flatten(), L.Dense(2)]),
+                 ((5, 2), lambda: [L.Dense(3, use_bias=False, activation="sigmoid")]),
+                 ((4, 6), lambda: [L.Dense(4), L.ReLU(), L.Dense(3), L.Flatten(), L.Dense(2)])]
+
+
+@pytest.mark.parametrize("profile", ["tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
+def test_dense_on_rank_n_inputs_equal_the_converter(rng, profile):
+    """Keras Dense on (batch, T, F): RESHAPE (-1, F), FC without bias, RESHAPE back, ADD of the
+    bias with the fused relu (without a bias: relu in the FC, tanh / sigmoid before the second
+    RESHAPE), two in a row, then Flatten: the converter's graph and constants exactly (full
+    integer: from the calibrator's ranges; the ADD's bias quantized like an activation), and
+    LiteRT's outputs on every kernel path for a batch of 2 (the RESHAPE shapes are computed at
+    run time)."""
+    for shape, layers in _RANK_N_SPECS:
+        km = keras.Sequential([keras.Input(shape)] + layers())
+        randomize_weights(km, rng)
+        cal = rng.normal(size=(4,) + shape).astype(np.float32)
+        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+        theirs = qd.from_tflite(flatbuffer)
+        if calibrated is not None:
+            first = qd.convert(km, profile, calibration=cal)
+            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
+        else:
+            ours = qd.convert(km, profile)
+        compare_models(ours, theirs, (km.name, profile))
+        x = rng.normal(size=(2,) + shape).astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+            assert np.array_equal(theirs.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+    merged = keras.Sequential([keras.Input((4, 3)), L.Dense(2, use_bias=False), L.Flatten()])
+    with pytest.raises(qd.UnsupportedError, match="merges the two RESHAPE"):
+        qd.convert(merged, profile, calibration=np.ones((1, 4, 3), np.float32))
