@@ -12,11 +12,20 @@ reading the files (tests/python/test_convert.py checks every one against the rea
     activation over their own [min, max] (int8 asymmetric per tensor, int16 symmetric), the MUL's
     and ADD's outputs from calibration. This includes a BatchNormalization after a dilated
     convolution (whose bias is a separate ADD) or after another unfolded one (two MUL + ADD pairs).
-    UnsupportedError: one right before a Dense (or, with one channel, a Conv): the converter folds
+    Before a Dense with a bias it moves into that Dense (see Dense -> Dense); UnsupportedError:
+    one right before a Dense without bias (or, with one channel, a Conv): the converter folds
     MUL + ADD into that layer's constants. A relu / relu6 right after it fuses into the ADD.
   - Dense -> Dense: when the first has no activation, the converter moves its bias (and a
-    BatchNormalization after it) into the second Dense with float arithmetic qdrift does not
-    reproduce: UnsupportedError.
+    BatchNormalization between them) into the second Dense: b2' = FC(b1, W2, b2), constant-folded
+    by FullyConnectedOp::fold (float32, Neumaier-compensated, in input order); the first keeps
+    W1 and loses its bias. Not when the second has no (or an all-zero) bias, or a relu / relu6
+    right after it; the exact rules are at _fuse_dense_chains. A BatchNormalization before a Dense
+    that takes no bias stays MUL + ADD before it, which the converter folds later: UnsupportedError.
+  - Dense on a (batch, ..., F) input: RESHAPE (-1, F) -> FULLY_CONNECTED without bias -> RESHAPE
+    back -> ADD of the bias (quantized like an activation) carrying a fused relu / relu6; without
+    a bias the FC carries it and a tanh / sigmoid comes before the second RESHAPE. Right after a
+    reshape, or without a bias right before one, the converter merges RESHAPEs: UnsupportedError.
+    A BatchNormalization after it is not folded (MUL + ADD).
   - relu / relu6 (the layer's activation, or a ReLU/Activation layer right after a Dense/Conv
     without activation) fuse into the op; tanh / sigmoid stay separate TANH / LOGISTIC ops.
   - FULLY_CONNECTED gets no bias input when the bias is absent or all zero; CONV_2D and
@@ -168,8 +177,158 @@ def _with_weights(layer, kname, kernel, bias):
     return out
 
 
+# ---- runs of Dense layers: the converter's FULLY_CONNECTED fusions --------------------------------
+# The TF graph of a Dense is MatMul -> BiasAdd -> activation, of a BatchNormalization x * m + s;
+# they reach the TFL optimize pass (tensorflow/compiler/mlir/lite/transforms/optimize.cc) as
+# FULLY_CONNECTED without bias, ADD and MUL of 1-D constants, and activation ops. Its greedy
+# rewrite visits the graph from the output back: each FULLY_CONNECTED first takes its own ADD
+# (FuseFullyConnectedAndAdd), then pulls the ADDs and MULs before it into its constants
+# (FuseAddAndFullyConnected: bias = FC(c, W, bias), constant-folded by FullyConnectedOp::fold in
+# tfl_ops.cc; FuseMulAndFullyConnected: W[o, i] * m[i]), then takes a following BatchNormalization
+# (FuseFullyConnectedAndMul / ...AndAdd: W[o, :] * m[o], b * m + s) and a relu / relu6. Found by
+# converting Keras models with TF 2.21 (tests/python/test_convert.py compares the files):
+#   - a FULLY_CONNECTED with no bias (or an all-zero one, which canonicalization removes) pulls in
+#     no ADD (the pattern needs a bias), but a MUL;
+#   - one without its own bias takes a following BatchNormalization first (its bias is then s);
+#   - one whose own ADD is followed by a relu / relu6 pulls in no ADD that sits right after
+#     another FULLY_CONNECTED (that Dense's bias stays its own);
+#   - a run of several linear Dense pairs up from the output (the bias of Dense k moves into
+#     Dense k + 1, whose own bias then cannot move).
+class _ChainOp:
+    """One op of that graph: "fc" (value: (O, I) weights), "add" / "mul" (value: a 1-D constant)
+    or "act" (value: the activation's name); layer: the qd layer it comes from."""
+
+    def __init__(self, kind, value, layer):
+        self.kind, self.value, self.layer = kind, value, layer
+        self.bias, self.activation = None, "linear"     # a "fc" op's constants after the fusions
+
+
+def _fc_fold(x, w, b):
+    """FullyConnectedOp::fold (tfl_ops.cc) on constants: per output o, float32 Neumaier
+    (compensated) summation of x[j] * w[o, j] over j in order, starting from b[o] (0 without a
+    bias), and sum + compensation at the end."""
+    x, w = np.asarray(x, f32).reshape(-1), np.asarray(w, f32)
+    total = np.zeros(w.shape[0], f32) if b is None else np.array(b, f32).reshape(-1)
+    compensation = np.zeros(w.shape[0], f32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j in range(x.size):
+            addend = (x[j] * w[:, j]).astype(f32)
+            new = (total + addend).astype(f32)
+            lost = np.where(np.abs(total) >= np.abs(addend), (total - new) + addend, (addend - new) + total)
+            compensation = (compensation + lost.astype(f32)).astype(f32)
+            total = new
+        return (total + compensation).astype(f32)
+
+
+def _bn_constants(bn):
+    w = bn.weights
+    m = (_rsqrt((w["moving_variance"] + f32(bn.epsilon)).astype(f32)) * w["gamma"]).astype(f32)
+    return m, (w["beta"] - w["moving_mean"] * m).astype(f32)
+
+
+def _chain_ops(layer):
+    """The graph ops of a layer that can sit in a run of Dense layers, or None."""
+    if layer.input_shape is None or len(layer.input_shape) != 1:
+        return None
+    if isinstance(layer, L.Dense):
+        ops = [_ChainOp("fc", np.ascontiguousarray(np.asarray(layer.weights["kernel"], f32).T), layer)]
+        if layer.use_bias and layer.weights.get("bias") is not None:
+            ops.append(_ChainOp("add", np.asarray(layer.weights["bias"], f32), layer))
+        if layer.activation != "linear":
+            ops.append(_ChainOp("act", layer.activation, layer))
+        return ops
+    if isinstance(layer, L.BatchNormalization):
+        m, s = _bn_constants(layer)
+        return [_ChainOp("mul", m, layer), _ChainOp("add", s, layer)]
+    if isinstance(layer, L.Activation):
+        return [] if layer.activation == "linear" else [_ChainOp("act", layer.activation, layer)]
+    return None
+
+
+def _take_batch_norm(ops, i, w, bias):
+    """Fold a BatchNormalization right after op i into (w, bias); returns (w, bias, folded)."""
+    nxt = ops[i + 1:i + 3]
+    if len(nxt) < 2 or nxt[0].kind != "mul" or nxt[1].kind != "add" or nxt[0].layer is not nxt[1].layer:
+        return w, bias, False
+    m, s = nxt[0].value, nxt[1].value
+    del ops[i + 1:i + 3]
+    w = (w * m[:, None]).astype(f32)
+    return w, (s if bias is None else ((bias * m).astype(f32) + s).astype(f32)), True
+
+
+def _fuse_run(ops):
+    """The optimize pass on one run's ops, in place (see the comment above)."""
+    for fc in [op for op in ops if op.kind == "fc"][::-1]:
+        i = ops.index(fc)
+        w, bias = fc.value, None
+        if i + 1 < len(ops) and ops[i + 1].kind == "add":
+            bias = ops.pop(i + 1).value
+            if not np.any(bias):
+                bias = None     # RemoveOptionalZeroBias drops an all-zero bias before anything moves
+        relu_next = i + 1 < len(ops) and ops[i + 1].kind == "act" and ops[i + 1].value in ("relu", "relu6")
+        folded = False
+        if bias is None:
+            w, bias, folded = _take_batch_norm(ops, i, w, bias)
+        while i > 0:
+            p = ops[i - 1]
+            if p.kind == "add" and bias is not None:
+                if relu_next and i >= 2 and ops[i - 2].kind == "fc":
+                    break
+                bias = _fc_fold(p.value, w, bias)
+            elif p.kind == "mul":
+                w = (w * p.value[None, :]).astype(f32)
+            else:
+                break
+            del ops[i - 1]
+            i -= 1
+        if not folded:
+            w, bias, _ = _take_batch_norm(ops, i, w, bias)
+        if i + 1 < len(ops) and ops[i + 1].kind == "act" and ops[i + 1].value in ("relu", "relu6"):
+            fc.activation = ops.pop(i + 1).value
+        fc.value, fc.bias = w, bias
+
+
+def _fuse_dense_chains(layers):
+    """Replace each run of rank-1 Dense / BatchNormalization / Activation layers by the layers the
+    converter's fusions leave: Dense layers with their final constants and fused relu/relu6, the
+    activations left as separate ops, and any BatchNormalization no Dense took (MUL + ADD)."""
+    out, run = [], []
+
+    def flush():
+        ops = [op for layer in run for op in _chain_ops(layer)]
+        _fuse_run(ops)
+        k = 0
+        while k < len(ops):
+            op = ops[k]
+            if op.kind == "fc":
+                dense = copy.copy(op.layer)
+                dense.weights = {"kernel": np.ascontiguousarray(op.value.T)}
+                if op.bias is not None:
+                    dense.weights["bias"] = op.bias
+                dense.use_bias = op.bias is not None
+                dense.activation = op.activation
+                if k + 1 < len(ops) and ops[k + 1].kind == "act" and ops[k + 1].layer is op.layer:
+                    dense.activation = ops[k + 1].value     # its own tanh / sigmoid, a separate op in the file
+                    k += 1
+                out.append(dense)
+            elif op.kind == "act" or op.kind == "mul":
+                out.append(op.layer)                          # an Activation layer, or a BatchNormalization
+            k += 2 if op.kind == "mul" else 1                 # (a BatchNormalization's MUL and ADD stay together)
+        run.clear()
+
+    for layer in layers:
+        if _chain_ops(layer) is None:
+            flush()
+            out.append(layer)
+        else:
+            run.append(layer)
+    flush()
+    return out
+
+
 def _merge(layers):
     """Apply the converter's fusions to the layer list: fold BN, fuse a following relu/relu6."""
+    layers = _fuse_dense_chains(layers)
     out = []
     for layer in layers:
         if isinstance(layer, L.Activation) and layer.activation == "linear":
@@ -177,9 +336,10 @@ def _merge(layers):
         prev = out[-1] if out else None
         linear = isinstance(prev, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) and prev.activation == "linear"
         if isinstance(layer, L.BatchNormalization):
-            # After a dilated convolution (its bias is a separate ADD) or an unfolded
-            # BatchNormalization the converter keeps MUL + ADD (see _lower).
-            if not linear or _dilated(prev):
+            # After a dilated convolution (its bias is a separate ADD), an unfolded
+            # BatchNormalization or a rank-N Dense (its ADD follows a RESHAPE) the converter
+            # keeps MUL + ADD (see _lower).
+            if not linear or _dilated(prev) or isinstance(prev, L.Dense) and len(prev.input_shape) != 1:
                 out.append(layer)
                 continue
             out[-1] = _fold(prev, layer)
@@ -195,9 +355,6 @@ def _merge(layers):
         if isinstance(layer, L.Activation) and layer.activation in ("relu", "relu6") and linear:
             fused = copy.copy(prev)
             fused.activation = layer.activation
-            # After a folded BN the converter fuses the relu late, after it has already moved a
-            # preceding Dense's bias into this layer (see _lower).
-            fused.relu_after_bn = getattr(prev, "bn_folded", False)
             out[-1] = fused
             continue
         out.append(layer)
@@ -255,8 +412,8 @@ def _lower(model):
                 f"following VALID '{after.name}' (not reproduced)")
         if isinstance(layer, (L.Dense, L.Conv2D, L.DepthwiseConv2D)):
             if isinstance(layer, L.Dense) and len(shape_in) != 1 and x != getattr(g, "flattened", None):
-                raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(shape_in) + 1} input (the "
-                                             "converter emits FC + RESHAPE + ADD; not supported)")
+                _lower_dense_rank_n(g, layer, x, after)
+                continue
             if _dilated(layer):
                 _lower_dilated(g, layer, x)
                 continue
@@ -268,16 +425,6 @@ def _lower(model):
                 options.update(padding=layer.padding, strides=layer.strides, dilation=layer.dilation_rate)
             else:
                 options.update(keep_num_dims=False, asymmetric_quantize_inputs=False)
-            prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
-            late_act = act == "linear" or getattr(layer, "relu_after_bn", False)
-            if op == "FULLY_CONNECTED" and late_act and prev is not None and prev.op == "FULLY_CONNECTED" \
-                    and prev.options["activation"] == 0 and prev.bias is not None \
-                    or op == "FULLY_CONNECTED" and prev is not None and getattr(prev, "bn_folded", False) \
-                    and prev.op == "FULLY_CONNECTED" and prev.options["activation"] == 0:
-                raise _core.UnsupportedError(
-                    f"convert: Dense '{name}' (no relu/relu6) follows a Dense with a bias and no activation; the "
-                    "converter moves that bias into this layer's bias (b2 + W2 b1) with float arithmetic qdrift does "
-                    "not reproduce bit for bit")
             out = name if act == layer.activation else f"{name}/linear"
             bias = _bias_or_none(layer.weights.get("bias"))
             if bias is None and op != "FULLY_CONNECTED":   # convolutions always get one (zeros)
@@ -309,6 +456,40 @@ def _lower(model):
         else:
             raise _core.UnsupportedError(f"convert: layer '{name}' ({type(layer).__name__}) is not supported")
     return g
+
+
+def _lower_dense_rank_n(g, layer, x, after):
+    """Keras Dense on a (batch, ..., F) input: its Tensordot becomes RESHAPE (-1, F) ->
+    FULLY_CONNECTED without bias (keep_num_dims false) -> RESHAPE back -> ADD of the bias, which
+    carries a fused relu / relu6 (without a bias the FULLY_CONNECTED carries it); tanh / sigmoid
+    stay separate. The file declares the two inner tensors (1, 1) and (1, units): their shapes
+    are computed at run time (SHAPE, GATHER, REDUCE_PROD, PACK, CONCATENATION, left out here)."""
+    name = layer.name
+    prev = g.nodes[-1] if g.nodes and g.nodes[-1].outputs[-1] == x else None
+    if prev is not None and prev.op == "RESHAPE":
+        raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(g.shapes[x])} input right after a "
+                                     "reshape: the converter merges the two RESHAPE ops (not reproduced)")
+    w, k = _tflite_weights(layer)
+    bias = _bias_or_none(layer.weights.get("bias"))
+    if bias is None and isinstance(after, (L.Flatten, L.Reshape)):
+        raise _core.UnsupportedError(f"convert: Dense '{name}' on a rank-{len(g.shapes[x])} input without a bias, "
+                                     "then a reshape: the converter merges the two RESHAPE ops (not reproduced)")
+    act = layer.activation if layer.activation in _FUSED else "linear"
+    units = w.shape[0]
+    g.add(_Node("RESHAPE", [x], [f"{name}/flat"]), [(1, 1)])
+    g.nodes[-1].new_shape = (-1, w.shape[1])
+    fc = dict(activation=_FUSED[act] if bias is None else 0, keep_num_dims=False, asymmetric_quantize_inputs=False)
+    g.add(_Node("FULLY_CONNECTED", [g.last], [f"{name}/matmul"], w, None, fc, k, layer), [(1, units)])
+    if bias is None and act != layer.activation:     # tanh / sigmoid: the converter puts it before the RESHAPE
+        _add_activation(g, layer.activation, g.last, f"{name}/activation")
+    out = name if bias is None else f"{name}/tensordot"
+    g.add(_Node("RESHAPE", [g.last], [out]), [(1,) + tuple(layer.output_shape)])
+    g.nodes[-1].new_shape = (-1,) + tuple(layer.output_shape)
+    if bias is not None:
+        out = name if act == layer.activation else f"{name}/linear"
+        g.add(_Node("ADD", [g.last], [out], bias=bias, options=dict(activation=_FUSED[act])), [g.shapes[g.last]])
+    if out != name:
+        _add_activation(g, layer.activation, out, name)
 
 
 def _lower_dilated(g, layer, x):
@@ -488,6 +669,8 @@ def _run_float(g, x, kernels="tf_builtin"):
         elif n.op == "RESHAPE":
             if n.outputs[0].endswith("/time_major"):      # (N, T, F) -> (T, N, F)
                 y = np.ascontiguousarray(np.transpose(v[0], (1, 0, 2)))
+            elif hasattr(n, "new_shape"):                    # a Dense on a rank-N input
+                y = np.ascontiguousarray(v[0].reshape(n.new_shape))
             else:
                 y = np.ascontiguousarray(v[0].reshape((v[0].shape[0],) + g.shapes[n.outputs[0]][1:]))
         elif n.op == "UNPACK":
@@ -753,7 +936,7 @@ def _data_constants(b, n, g, in_ids):
     """The int32 operands of RESHAPE (shape) and SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND (block, paddings or crops)."""
     out = n.outputs[0]
     if n.op == "RESHAPE":
-        shape = np.asarray(g.shapes[out], np.int32)
+        shape = np.asarray(getattr(n, "new_shape", g.shapes[out]), np.int32)
         in_ids.append(b.tensor(f"{out}/shape", np.int32, shape.shape, data=shape))
     elif n.op in ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"):
         in_ids.append(b.tensor(f"{out}/block_shape", np.int32, (2,), data=n.block))

@@ -14,7 +14,7 @@ from . import _core
 # Float clamp of each fused activation (TfLiteFusedActivation codes).
 FLOAT_ACTIVATIONS = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
 _SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "FILL", "TRANSPOSE", "GATHER", "SLICE", "CONCATENATION", "LESS",
-              "LOGICAL_AND", "WHILE", "UNPACK", "RESHAPE", "ADD", "DEQUANTIZE")
+              "LOGICAL_AND", "WHILE", "UNPACK", "RESHAPE", "ADD", "DEQUANTIZE", "REDUCE_PROD")
 _FLOAT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TANH", "LOGISTIC", "MUL")
 SUPPORTED_OPS = tuple(dict.fromkeys(_SHAPE_OPS + _FLOAT_OPS))
 _INTEGER_DTYPES = (np.int8, np.int16, np.uint8)
@@ -60,6 +60,8 @@ def options(tfl, table, name):
         return dict(axis=init(tfl.PackOptions).Axis())
     if name == "MUL":
         return dict(activation=init(tfl.MulOptions).FusedActivationFunction())
+    if name == "REDUCE_PROD":   # the element count of a Dense's leading axes (rank-3 input)
+        return dict(keep_dims=init(tfl.ReducerOptions).KeepDims())
     if name == "WHILE":
         o = init(tfl.WhileOptions)
         return dict(cond=o.CondSubgraphIndex(), body=o.BodySubgraphIndex())
@@ -134,6 +136,9 @@ def _single(model, op, get, out, kernels, path="auto"):
         return np.concatenate([get(k) for k in range(len(op.inputs))], axis=op.options["axis"])
     if name == "LESS":
         return np.less(get(0), get(1))
+    if name == "REDUCE_PROD":
+        axes = tuple(int(a) for a in np.ravel(get(1)))
+        return np.prod(get(0), axis=axes, keepdims=bool(op.options.get("keep_dims"))).astype(out.dtype)
     if name == "LOGICAL_AND":
         return np.logical_and(get(0), get(1))
     if name == "RESHAPE":

@@ -149,6 +149,9 @@ class TFLiteModel:
         if op.name == "RESHAPE":
             # The file's static shape, unless the batch changed at run time (then keep the batch).
             shape = t_out.shape if int(np.prod(t_out.shape)) == x.size else (x.shape[0],) + tuple(t_out.shape[1:])
+            if int(np.prod(shape)) != x.size and len(op.inputs) > 1:   # a run-time shape (Dense on rank 3: (-1, F))
+                given = values[op.inputs[1]] if op.inputs[1] in values else self.tensors[op.inputs[1]].data
+                shape = tuple(int(d) for d in given)
             return np.ascontiguousarray(x.reshape(shape))
         if op.name in ("TANH", "LOGISTIC"):
             # A 256-entry table; XNNPACK rounds its entries half to even, the TFLite kernels half away.

@@ -59,10 +59,11 @@ def convert_with_tf(km, profile, calibration=None, inference_io="float"):
     return flatbuffer, captured.get("calibrated")
 
 
-def calibrated_ranges(calibrated, tm):
+def calibrated_ranges(calibrated, tm, missing_ok=False):
     """The calibrator's (min, max) of each float tensor, keyed by qd.convert's tensor names: the
     calibrated float graph's ops (shape arithmetic left out) align one to one with the converted
-    model's ops (QUANTIZE/DEQUANTIZE left out)."""
+    model's ops (QUANTIZE/DEQUANTIZE left out). missing_ok: None for a tensor the calibrator
+    logged no statistics for (it had only NaN / inf values)."""
     import tflite
     m = tflite.Model.GetRootAsModel(calibrated, 0)
     sg = m.Subgraphs(0)
@@ -70,6 +71,8 @@ def calibrated_ranges(calibrated, tm):
 
     def minmax(i):
         q = sg.Tensors(i).Quantization()
+        if missing_ok and (q is None or not q.MinLength()):
+            return None
         return (np.float32(q.MinAsNumpy()[0]), np.float32(q.MaxAsNumpy()[0]))
 
     float_ops = []
@@ -77,8 +80,9 @@ def calibrated_ranges(calibrated, tm):
         op = sg.Operators(k)
         c = m.OperatorCodes(op.OpcodeIndex())
         name = codes[max(c.BuiltinCode(), c.DeprecatedBuiltinCode())]
-        if name not in SHAPE_OPS:
-            float_ops.append((name, list(op.OutputsAsNumpy())))
+        outs = list(op.OutputsAsNumpy())
+        if name not in SHAPE_OPS and not all(sg.Tensors(int(i)).Type() == tflite.TensorType.INT32 for i in outs):
+            float_ops.append((name, outs))
     ours = [op for op in tm.ops if op.name not in ("QUANTIZE", "DEQUANTIZE")]
     assert [n for n, _ in float_ops] == [op.name for op in ours], ([n for n, _ in float_ops], [o.name for o in ours])
     ranges = {"input": minmax(int(sg.Inputs(0)))}
@@ -97,10 +101,13 @@ def compare_models(ours, theirs, what=""):
 
 
 def _shape_arithmetic(tm):
-    """Ops computing a dynamic batch's shapes (SHAPE and the SHAPE_OPS fed by it): left out."""
+    """Ops computing shapes at run time (SHAPE, and the SHAPE_OPS or int32 ops such as GATHER and
+    REDUCE_PROD fed by it): left out."""
     skipped, computed = set(), set()
     for k, op in enumerate(tm.ops):
-        if op.name in SHAPE_OPS and (op.name == "SHAPE" or any(i in computed for i in op.inputs)):
+        fed = any(i in computed for i in op.inputs)
+        if op.name == "SHAPE" or fed and (op.name in SHAPE_OPS or
+                                          all(tm.tensors[o].dtype == np.int32 for o in op.outputs)):
             skipped.add(k)
             computed.update(op.outputs)
     return skipped
@@ -227,11 +234,21 @@ def random_image_model(rng):
 
 
 def random_dense_model(rng):
+    """Dense stacks: linear Dense -> Dense pairs (the converter moves the first bias into the
+    second), BatchNormalization between them, Dense without bias, and sometimes a first Dense on
+    a (T, F) input (RESHAPE, FC, RESHAPE, ADD in the file) before a Flatten."""
     shape = (int(rng.integers(1, 40)),)
     layers = []
+    if rng.random() < 0.25:
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 9)))
+        act = _act(rng) if rng.random() < 0.6 else "linear"
+        layers.append(L.Dense(int(rng.integers(1, 9)), activation=act, use_bias=bool(rng.random() < 0.8)))
+        if act == "linear" and rng.random() < 0.3:
+            layers.append(L.ReLU())
+        layers.append(L.Flatten())
     for _ in range(int(rng.integers(1, 4))):
         act = _act(rng) if rng.random() < 0.6 else "linear"
-        layers.append(L.Dense(int(rng.integers(1, 24)), activation=act))
+        layers.append(L.Dense(int(rng.integers(1, 24)), activation=act, use_bias=bool(rng.random() < 0.85)))
         _maybe_bn_and_act(rng, layers, act)
     return keras.Sequential([keras.Input(shape)] + layers)
 

@@ -2,6 +2,8 @@
 converted graph, scales, zero points, integer weights and biases equal the file's exactly (given
 the calibrator's ranges), outputs equal LiteRT's on every kernel path, every intermediate tensor
 equals LiteRT's reference run, and qdrift's own calibration is measured against the calibrator."""
+import collections
+
 import numpy as np
 import pytest
 from ai_edge_litert import interpreter as litert
@@ -27,9 +29,31 @@ def _converted(rng, kind=None):
         return kind_, km, cal, calibrated_by_qdrift
 
 
+def _dense_features(km):
+    """Which of the Dense rewrites a model exercises: a linear Dense feeding a Dense (possibly
+    through a BatchNormalization; the converter moves the bias), a Dense on a rank-N input."""
+    layers = qd.from_keras(km).layers
+    found = set()
+    for a, b, c in zip(layers, layers[1:], layers[2:] + [None]):
+        nxt = c if isinstance(b, qd.layers.BatchNormalization) else b
+        if isinstance(a, qd.layers.Dense) and a.activation == "linear" and isinstance(nxt, qd.layers.Dense):
+            found.add("linear Dense -> Dense")
+    found.update("rank-N Dense" for layer in layers if isinstance(layer, qd.layers.Dense) and len(layer.input_shape) > 1)
+    return found
+
+
+def _assert_dense_features(features):
+    """The generator makes both rewrites (measured with the default seed: see the printed counts;
+    test_dense_on_rank_n_inputs_equal_the_converter covers the rank-N forms one by one)."""
+    print(f"Dense rewrites covered: {dict(features)}")
+    if MODELS >= 50:
+        assert features["linear Dense -> Dense"] >= 3 and features["rank-N Dense"] >= 1, features
+
+
 def test_int8_random_models_equal_the_converter_and_litert(rng):
     tensors = same_params = xnnpack_failures = with_mul = 0
     range_misses, garbage_models = [], 0
+    features = collections.Counter()
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
         flatbuffer, calibrated = convert_with_tf(km, "tflite_int8", cal)
@@ -38,6 +62,7 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
         ours = qd.convert(km, "tflite_int8", ranges=ranges)
         with_mul += any(op.name == "MUL" for op in ours.ops)     # an unfolded BatchNormalization
         compare_models(ours, theirs, (trial, km.name))      # graph, scales, zero points, weights, biases: exact
+        features.update(_dense_features(km))
         x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
         x = x.astype(np.float32)
         for kernels in RESOLVERS:
@@ -79,6 +104,7 @@ def test_int8_random_models_equal_the_converter_and_litert(rng):
     assert garbage_models <= MODELS // 20, garbage_models
     # Measured 913/913 over 100 models at the default seed, 856/856 with QDRIFT_TEST_SEED=7.
     assert same_params == tensors, (same_params, tensors)
+    _assert_dense_features(features)
 
 
 def _uninitialized_conv(graph):
@@ -157,8 +183,10 @@ def test_every_intermediate_tensor_equals_litert_reference(rng):
         x = rng.normal(size=(1,) + km.input_shape[1:]).astype(np.float32)
         _, taps = ours.run(x, kernels="reference", taps=True)
         it = _preserved(flatbuffer, x)
+        # (and the int32 ops computing a rank-N Dense's RESHAPE shapes, which ours holds as constants)
         a = [op for op in ours.ops if op.name not in SHAPE_OPS]
-        b = [op for op in theirs.ops if op.name not in SHAPE_OPS]
+        b = [op for op in theirs.ops if op.name not in SHAPE_OPS
+             and not all(theirs.tensors[o].dtype == np.int32 for o in op.outputs)]
         for oa, ob in zip(a, b):
             for ia, ib in zip(oa.outputs, ob.outputs):
                 expected = it.get_tensor(ib)
@@ -247,8 +275,6 @@ def test_what_the_converter_cannot_do_or_qdrift_does_not_emit(rng):
         qd.convert(dilated_relu, "tflite_fp16")
     chain = keras.Sequential([keras.Input((4,)), L.Dense(3), L.Dense(2)])
     randomize_weights(chain, rng)
-    with pytest.raises(qd.UnsupportedError, match="moves that bias"):
-        qd.convert(chain, "tflite_int8", calibration=np.ones((1, 4), np.float32))
     with pytest.raises(qd.ConfigError, match="calibration"):
         qd.convert(keras.Sequential([keras.Input((4,)), L.Dense(2)]), "tflite_int8")
     with pytest.raises(qd.ConfigError, match="unknown profile"):
@@ -262,10 +288,9 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
     """Dynamic range (int8 weights of 1024+ elements, double arithmetic, float biases) and float16
     (every constant fp16 through DEQUANTIZE): graph, dtypes, scales and constant bits equal the
     converter's on random models, including layers big enough to cross the 1024 threshold; the
-    converted model's outputs equal LiteRT's on every kernel path, bit for bit (except the one
-    float case qdrift cannot pin down, bounded below)."""
-    quantized = kept_float = loops = loops_exact = sequences = one_unit_inner = 0
-    worst_head = 0.0
+    converted model's outputs equal LiteRT's on every kernel path, bit for bit."""
+    quantized = kept_float = loops = sequences = 0
+    features = collections.Counter()
     for trial in range(MODELS):
         while True:
             kind, km = random_model(rng, while_loops=True)
@@ -278,148 +303,26 @@ def test_float_weight_profiles_equal_the_converter(rng, profile):
                 continue
         flatbuffer, _ = convert_with_tf(km, profile)
         compare_models(ours, qd.from_tflite(flatbuffer), (trial, km.name))
+        features.update(_dense_features(km))
         x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
         x = x.astype(np.float32)
-        exact = True
         for kernels in RESOLVERS:
+            # Bit for bit on every path, one-unit float FCs included: the builtin path evaluates
+            # those as Eigen's inner product, whose order depends on the depth only (hybrid.h).
             _, expected = run_litert(flatbuffer, kernels, x)
-            got = ours.run(x, kernels=kernels)
-            if np.array_equal(got, expected):
-                continue
-            exact = False
-            assert kernels == "builtin", (trial, kernels)
-            bound = _one_unit_inner_bound(ours, x)
-            if bound is not None:
-                # A one-unit float FULLY_CONNECTED before the last op (or in a WHILE loop of one
-                # unit): the head case below, its error carried to the output (_one_unit_inner_bound).
-                assert np.all(np.abs(got.astype(np.float64) - expected) <= bound), (trial, got, expected, bound)
-                one_unit_inner += 1
-                continue
-            terms = _one_unit_float_head_terms(ours, x)
-            assert terms is not None, (trial, kernels)     # the only case allowed to differ
-            # The builtin path evaluates a float FULLY_CONNECTED with one output unit as Eigen's
-            # inner product, a redux over 8-float packets whose split into packets and scalar
-            # remainder follows the weight buffer's address in memory, which the file does not
-            # fix: qdrift's order (aligned) matches most such heads, not all. The bound is a
-            # reassociation of that one dot product: 4 eps * (sum |x_i w_i| + |b|); measured
-            # worst 0.33 eps over the set with the default seed.
-            err = np.abs(got.astype(np.float64) - expected).reshape(-1) / (np.finfo(np.float32).eps * terms)
-            assert np.all(err <= 4), (trial, err)
-            worst_head = max(worst_head, float(err.max()))
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (trial, kernels)
         for t in (t for sg in ours.subgraphs for t in sg.tensors):
             quantized += int(t.dtype == np.int8)
             kept_float += int(t.dtype == np.float32 and t.data is not None and t.data.size > 1 and
                               "/weights" in t.name)
         if len(ours.subgraphs) > 1:     # a non-unrolled SimpleRNN: WHILE, cond, body
             loops += 1
-            loops_exact += int(exact)
             sequences += int(any(op.name == "SLICE" for op in ours.subgraphs[2].ops))
     if profile == "tflite_dynamic":
         assert quantized > 20 and kept_float > 20, (quantized, kept_float)   # both sides of 1024 seen
     assert loops >= MODELS // 20 and sequences >= 1, (loops, sequences)   # ~12 loops per 100 models
-    print(f"{profile}: {loops} WHILE loops ({sequences} returning sequences, {loops_exact} bit-exact on all paths); {one_unit_inner} models differing on the "
-          "builtin path through an inner one-unit float FC, within the bound; "
-          f"worst one-unit float head on the builtin path: {worst_head:.2f} eps * sum|x w|")
-
-
-def _one_unit_float_head_terms(tm, x):
-    """sum |x_i w_i| + |b| per batch row of the model's last op when it is a float
-    FULLY_CONNECTED with one output unit (float32 weights, constant or dequantized fp16); else None."""
-    op = tm.ops[-1]
-    if op.name != "FULLY_CONNECTED" or tm.tensors[op.outputs[0]].shape[-1] != 1:
-        return None
-    _, taps = tm.run(x, kernels="builtin", taps=True)
-
-    def value(i):
-        t = tm.tensors[i]
-        return t.data if t.data is not None else taps[t.name]
-    w = value(op.inputs[1])
-    if w.dtype != np.float32:
-        return None
-    xin = np.abs(value(op.inputs[0]).astype(np.float64).reshape(x.shape[0], -1))
-    b = abs(float(value(op.inputs[2]).ravel()[0])) if op.inputs[2] >= 0 else 0.0
-    return xin @ np.abs(w.astype(np.float64).reshape(-1)) + b
-
-
-def _one_unit_inner_bound(tm, x):
-    """Per output element, a bound on |qdrift - LiteRT| on the builtin path for a model with a
-    one-unit float FULLY_CONNECTED of depth 2+ (the head case's dot product: 4 eps (sum |x_i w_i|
-    + |b|)) that is not only its last op, or a WHILE loop of one unit; None without one. Errors
-    are carried per tensor element through the graph: TANH / LOGISTIC are 1-Lipschitz (+ 4 eps for
-    their rounding); a float FULLY_CONNECTED (fused relu / relu6 are 1-Lipschitz) gives |W| e plus
-    2 depth eps (|x| |W| + |b|) (both runs round their own sums); ADD e_a + e_b + 2 eps (|a| + |b|);
-    data movement moves them; in the loop the state's error is multiplied by |u| each step
-    (+ 4 eps (1 + |u|) for tanh's and the recurrent product's rounding). An error reaching any
-    other op (a hybrid FC's input quantization is not Lipschitz) gives None: compared exactly."""
-    eps = float(np.finfo(np.float32).eps)
-    _, taps = tm.run(x, kernels="builtin", taps=True)
-
-    def constant(sg, i):     # a constant's float value (float16 ones through their DEQUANTIZE)
-        t = sg.tensors[i]
-        if t.data is None:
-            i = next(op.inputs[0] for op in sg.ops if op.name == "DEQUANTIZE" and op.outputs[0] == i)
-        return sg.tensors[i].data.astype(np.float64)
-
-    def value(i):
-        t = tm.tensors[i]
-        return np.abs((t.data if t.data is not None else taps[t.name]).astype(np.float64))
-
-    def one_unit(sg, op):
-        w = sg.tensors[op.inputs[1]]
-        return w.shape[0] == 1 and w.shape[1] >= 2 and w.dtype != np.int8
-
-    errors, sources = {}, 0
-    for op in tm.ops:
-        e = [errors.get(i) for i in op.inputs]
-        carried = any(v is not None for v in e)
-        if op.name == "WHILE":
-            body = tm.subgraphs[op.options["body"]]
-            recurrent, projection = [o for o in body.ops if o.name == "FULLY_CONNECTED"]
-            if carried:
-                return None
-            if not one_unit(body, projection):
-                continue
-            sources += 1
-            w = np.abs(constant(body, projection.inputs[1]).reshape(-1))
-            u = abs(float(constant(body, recurrent.inputs[1]).ravel()[0]))
-            b = 0.0 if projection.inputs[2] < 0 else abs(float(constant(body, projection.inputs[2]).ravel()[0]))
-            steps, err = [], 0.0
-            for xt in value(op.inputs[4]).reshape(-1, w.size):
-                err = u * err + 4 * eps * (float(xt @ w) + b) + 4 * eps * (1 + u)
-                steps.append(err)
-            rows = tm.tensors[op.outputs[2]].shape[0]
-            errors[op.outputs[2]] = np.array(steps[-rows:]).reshape(rows, 1, 1)
-        elif op.name == "FULLY_CONNECTED" and tm.tensors[op.inputs[1]].dtype != np.int8:
-            w = np.abs(constant(tm, op.inputs[1]))
-            b = np.zeros(w.shape[0]) if op.inputs[2] < 0 else np.abs(constant(tm, op.inputs[2]))
-            xin = value(op.inputs[0]).reshape(-1, w.shape[1])
-            out = np.zeros((xin.shape[0], w.shape[0]))
-            if carried:
-                out += e[0].reshape(xin.shape) @ w.T + 2 * w.shape[1] * eps * (xin @ w.T + b)
-            if one_unit(tm, op):
-                sources += 1
-                out += 4 * eps * (xin @ w.T + b)
-            if carried or one_unit(tm, op):
-                errors[op.outputs[0]] = out
-        elif not carried or op.name == "DEQUANTIZE":
-            continue
-        elif op.name in ("TANH", "LOGISTIC"):
-            errors[op.outputs[0]] = e[0] + 4 * eps
-        elif op.name == "ADD" and len(op.inputs) == 2:
-            a, c = (v if v is not None else 0.0 for v in e)
-            errors[op.outputs[0]] = a + c + 2 * eps * (value(op.inputs[0]) + value(op.inputs[1]))
-        elif op.name == "RESHAPE":
-            errors[op.outputs[0]] = e[0].reshape(taps[tm.tensors[op.outputs[0]].name].shape)
-        elif op.name == "STRIDED_SLICE":     # a loop's last output row
-            errors[op.outputs[0]] = e[0][-1]
-        elif op.name == "UNPACK":
-            for k, o in enumerate(op.outputs):
-                errors[o] = np.take(e[0], k, axis=op.options["axis"])
-        else:
-            return None
-    out = errors.get(tm.outputs[0])
-    last_only = sources == 1 and tm.ops[-1].name == "FULLY_CONNECTED" and one_unit(tm, tm.ops[-1])
-    return None if out is None or last_only else out.reshape(x.shape[0], -1)
+    print(f"{profile}: {loops} WHILE loops ({sequences} returning sequences), all bit-exact on every path")
+    _assert_dense_features(features)
 
 
 def _widened(km, rng):
@@ -436,7 +339,8 @@ def test_int16x8_random_models_equal_the_converter(rng):
     """int16 activations (symmetric, zero point 0, max|range| / 32767), int8 per-channel weights in
     float32 arithmetic, int64 biases, TANH/LOGISTIC outputs at 1/32768: the old quantizer's file,
     given the calibrator's ranges; and the outputs of both equal LiteRT's on every kernel path."""
-    refused = rejected = scale_refused = with_mul = 0
+    refused = rejected = scale_refused = with_mul = degenerate = 0
+    features = collections.Counter()
     for trial in range(MODELS):
         kind, km, cal, by_qdrift = _converted(rng)
         with_mul += any(op.name == "MUL" for op in by_qdrift.ops)     # an unfolded BatchNormalization
@@ -444,12 +348,25 @@ def test_int16x8_random_models_equal_the_converter(rng):
         theirs = qd.from_tflite(flatbuffer)
         try:
             first = qd.convert(km, "tflite_int16x8", calibration=cal)
-            ours = qd.convert(km, "tflite_int16x8", ranges=calibrated_ranges(calibrated, first))
+            ranges = calibrated_ranges(calibrated, first, missing_ok=True)
+            if any(r is None or max(abs(float(r[0])), abs(float(r[1]))) <= np.finfo(np.float32).tiny
+                   for r in ranges.values()):
+                # An all-zero tensor (e.g. a relu that never fires on the calibration data): the
+                # old quantizer gives it the scale FLT_MIN / 32767, a float32 denormal, and the
+                # layers after it get weight and activation scales of 1e24 and more (the float
+                # values after it can overflow: the calibrator then logs no statistics). On such
+                # models the calibrator's second run (see convert_with_tf) does not reproduce the
+                # statistics the quantizer used (measured: an output range 260x apart), so there
+                # is no oracle for those scales here. Counted and bounded, not compared.
+                degenerate += 1
+                continue
+            ours = qd.convert(km, "tflite_int16x8", ranges=ranges)
         except qd.UnsupportedError as e:    # the one int16x8 rule qdrift refuses (see convert.py)
             assert "AdjustWeightsForBiasScale" in str(e) and kind == "rnn", e
             refused += 1
             continue
         compare_models(ours, theirs, (trial, km.name))
+        features.update(_dense_features(km))
         x = rng.normal(size=(1 if kind == "rnn" else int(rng.integers(1, 4)),) + km.input_shape[1:])
         x = x.astype(np.float32)
         for kernels in RESOLVERS:
@@ -475,8 +392,12 @@ def test_int16x8_random_models_equal_the_converter(rng):
             assert np.array_equal(theirs.run(x, kernels=kernels), expected), (trial, kernels)
     assert refused <= MODELS // 10, refused
     assert scale_refused <= 3 * max(1, MODELS // 20), scale_refused   # 3 kernel paths per model
-    print(f"LiteRT (and qdrift) refused {rejected} (model, path) runs at Prepare; {with_mul} models with a MUL")
+    print(f"LiteRT (and qdrift) refused {rejected} (model, path) runs at Prepare; {degenerate} models with an "
+          "all-zero tensor not compared; "
+          f"{with_mul} models with a MUL")
     assert with_mul >= MODELS // 20, with_mul
+    assert degenerate <= max(1, MODELS // 20), degenerate
+    _assert_dense_features(features)
 
 
 def _canonical_models():
@@ -627,3 +548,105 @@ def test_unfolded_batch_norm_float_profiles(rng, profile):
     before_dense = keras.Sequential([keras.Input((4,)), L.Activation("tanh"), L.BatchNormalization(), L.Dense(2)])
     with pytest.raises(qd.UnsupportedError, match="folds its MUL"):    # the converter folds it into the Dense
         qd.convert(before_dense, profile)
+
+
+# Dense -> Dense pairs as the converter's optimize pass fuses them (convert.py, "runs of Dense
+# layers"): the first bias moves into the second (FuseAddAndFullyConnected, folded with
+# FullyConnectedOp::fold's float32 Neumaier sum) unless the second has no (or an all-zero) bias
+# or a relu / relu6 right after it; a BatchNormalization between them moves too (MUL into the
+# second's weights, ADD into its bias); one after the second folds after the move.
+_PAIR_KINDS = ("plain", "no_bias_first", "no_bias_second", "zero_bias_second", "relu_second", "relu6_layer",
+               "bn_between", "bn_after", "bn_between_relu_second", "bn_after_relu_layer")
+
+
+def _dense_pairs_model(rng, kinds):
+    """One Keras model holding a Dense pair of each kind (sizes 1..64), separated by tanh (which
+    no fusion crosses)."""
+    layers = []
+    for kind in kinds:
+        n1, n2 = (int(v) for v in rng.integers(1, 65, 2))
+        layers.append(L.Dense(n1, use_bias=kind != "no_bias_first"))
+        if kind.startswith("bn_between"):
+            layers.append(L.BatchNormalization(epsilon=float(rng.choice([1e-3, 1e-5]))))
+        relu = "relu" if kind.endswith("relu_second") else "linear"
+        layers.append(L.Dense(n2, use_bias=kind != "no_bias_second", activation=relu))
+        if kind.startswith("bn_after"):
+            layers.append(L.BatchNormalization())
+        if kind.endswith("layer"):
+            layers.append(L.ReLU(6.0) if kind == "relu6_layer" else L.ReLU())
+        layers.append(L.Activation("tanh"))
+    km = keras.Sequential([keras.Input((int(rng.integers(1, 65)),))] + layers)
+    randomize_weights(km, rng)
+    for layer, kind in zip([lay for lay in km.layers if isinstance(lay, L.Dense)][1::2], kinds):
+        if kind == "zero_bias_second":
+            layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+    return km
+
+
+@pytest.mark.parametrize("profile", ["tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
+def test_dense_bias_moves_equal_the_converter(rng, profile):
+    """Every pair kind, sizes 1..64: the converter's weights and (moved) biases bit for bit (the
+    quantized profiles' weight scales and int32 / int64 biases derive from the moved bias; dynamic
+    range keeps the float32 bias), and LiteRT's outputs on the reference path. The moved biases
+    differ from the plain float32 b2 + W2^T b1 in some elements: the summation order matters."""
+    naive_differs = 0
+    for _ in range(2):
+        kinds = list(rng.permutation(_PAIR_KINDS))
+        km = _dense_pairs_model(rng, kinds)
+        cal = rng.normal(size=(4,) + km.input_shape[1:]).astype(np.float32)
+        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+        theirs = qd.from_tflite(flatbuffer)
+        if calibrated is not None:
+            first = qd.convert(km, profile, calibration=cal)
+            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
+        else:
+            ours = qd.convert(km, profile)
+        compare_models(ours, theirs, (km.name, profile, kinds))
+        x = rng.normal(size=(2,) + km.input_shape[1:]).astype(np.float32)
+        _, expected = run_litert(flatbuffer, "reference", x)
+        assert np.array_equal(ours.run(x, kernels="reference"), expected), (km.name, profile, kinds)
+        dense = [lay for lay in km.layers if isinstance(lay, L.Dense)]
+        for (d1, d2), kind in zip(zip(dense[0::2], dense[1::2]), kinds):
+            if kind == "plain":
+                w2, b1, b2 = (np.asarray(v, np.float32) for v in (d2.kernel, d1.bias, d2.bias))
+                naive = (b2 + (b1[:, None] * w2).astype(np.float32).sum(axis=0, dtype=np.float32)).astype(np.float32)
+                fold = qd.convert.__globals__["_fc_fold"](b1, w2.T, b2)
+                naive_differs += int(np.sum(naive != fold))
+    assert naive_differs > 0
+
+
+_RANK_N_SPECS = [((5, 7), lambda: [L.Dense(3)]), ((5, 7), lambda: [L.Dense(3, activation="relu")]),
+                 ((4, 6), lambda: [L.Dense(3, use_bias=False, activation="relu6")]),
+                 ((3, 5), lambda: [L.Dense(4, activation="tanh"), L.Flatten(), L.Dense(2)]),
+                 ((5, 2), lambda: [L.Dense(3, use_bias=False, activation="sigmoid")]),
+                 ((4, 6), lambda: [L.Dense(4), L.ReLU(), L.Dense(3), L.Flatten(), L.Dense(2)])]
+
+
+@pytest.mark.parametrize("profile", ["tflite_int8", "tflite_int16x8", "tflite_dynamic", "tflite_fp16"])
+def test_dense_on_rank_n_inputs_equal_the_converter(rng, profile):
+    """Keras Dense on (batch, T, F): RESHAPE (-1, F), FC without bias, RESHAPE back, ADD of the
+    bias with the fused relu (without a bias: relu in the FC, tanh / sigmoid before the second
+    RESHAPE), two in a row, then Flatten: the converter's graph and constants exactly (full
+    integer: from the calibrator's ranges; the ADD's bias quantized like an activation), and
+    LiteRT's outputs on every kernel path for a batch of 2 (the RESHAPE shapes are computed at
+    run time)."""
+    for shape, layers in _RANK_N_SPECS:
+        km = keras.Sequential([keras.Input(shape)] + layers())
+        randomize_weights(km, rng)
+        cal = rng.normal(size=(4,) + shape).astype(np.float32)
+        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+        theirs = qd.from_tflite(flatbuffer)
+        if calibrated is not None:
+            first = qd.convert(km, profile, calibration=cal)
+            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
+        else:
+            ours = qd.convert(km, profile)
+        compare_models(ours, theirs, (km.name, profile))
+        x = rng.normal(size=(2,) + shape).astype(np.float32)
+        for kernels in RESOLVERS:
+            _, expected = run_litert(flatbuffer, kernels, x)
+            assert np.array_equal(ours.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+            assert np.array_equal(theirs.run(x, kernels=kernels), expected), (km.name, profile, kernels)
+    merged = keras.Sequential([keras.Input((4, 3)), L.Dense(2, use_bias=False), L.Flatten()])
+    with pytest.raises(qd.UnsupportedError, match="merges the two RESHAPE"):
+        qd.convert(merged, profile, calibration=np.ones((1, 4, 3), np.float32))
