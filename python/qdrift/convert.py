@@ -759,8 +759,10 @@ _BIAS_MAX = (2 ** 31 - 1) // 2
 
 def _bias_fits(bias, input_scale, weight_scales):
     """QuantizationDriver::SetBiasParamsWithAdjustments (MLIR, int8): a channel whose bias would
-    exceed INT32_MAX / 2 in units of s_in * s_w gets the weight scale |b| / (INT32_MAX / 2) / s_in
-    (double arithmetic, stored as float32). None when no channel needs it."""
+    exceed INT32_MAX / 2 in units of s_in * s_w gets the bias scale |b| / (INT32_MAX / 2) and the
+    weight scale |b| / (INT32_MAX / 2) / s_in (double arithmetic, each stored as float32; the bias
+    scale is not recomputed from the rounded weight scale, which can differ in the last bit).
+    Returns (weight scales, bias scales), or None when no channel needs it."""
     s_in = float(f32(input_scale))
     bias_scale = (np.float64(s_in) * weight_scales.astype(np.float64)).astype(f32).astype(np.float64)
     abs_b = np.abs(bias.astype(f32)).astype(np.float64)
@@ -770,7 +772,9 @@ def _bias_fits(bias, input_scale, weight_scales):
         return None
     new = weight_scales.astype(np.float64).copy()
     new[over] = (abs_b[over] / _BIAS_MAX) / s_in
-    return new.astype(f32)
+    new_bias_scale = bias_scale.copy()
+    new_bias_scale[over] = abs_b[over] / _BIAS_MAX
+    return new.astype(f32), new_bias_scale.astype(f32)
 
 
 def _adjust_weights_for_bias_int16(bias, input_scale, w, axis, weight_scales):
@@ -871,9 +875,11 @@ def _full_integer(g, profile, ranges, inference_io):
                     w_id = b.tensor(f"{n.outputs[0]}/weights", np.int8, n.weights.shape, ws,
                                     np.zeros(ws.size, np.int64), wq)
                     in_ids[-1] = w_id
+            fitted_bias_scale = None
             if n.bias is not None and profile == "tflite_int8":
                 adjusted = _bias_fits(n.bias, s_in, b.tensors[w_id].scale)
                 if adjusted is not None:   # a per-op copy of the weights with enlarged scales
+                    adjusted, fitted_bias_scale = adjusted
                     wq = _quantize_with_scales(n.weights, _WEIGHT_AXIS[n.op], adjusted)
                     w_id = b.tensor(f"{n.outputs[0]}/weights", np.int8, n.weights.shape, adjusted,
                                     np.zeros(adjusted.size, np.int64), wq)
@@ -888,6 +894,9 @@ def _full_integer(g, profile, ranges, inference_io):
                     bq, dtype = np.where(finite if ws.size > 1 else finite[0], bq, 0).astype(np.int64), np.int64
                     with np.errstate(over="ignore", invalid="ignore"):
                         bs = (f32(s_in) * ws).astype(f32)
+                elif fitted_bias_scale is not None:   # _bias_fits' bias scales (input scale 1: bs itself)
+                    bs = fitted_bias_scale
+                    bq, dtype = tflite.quantize_bias_int32(n.bias, 1.0, bs), np.int32
                 else:
                     bq, dtype = tflite.quantize_bias_int32(n.bias, s_in, ws), np.int32
                     bs = (np.float64(f32(s_in)) * ws.astype(np.float64)).astype(f32)
