@@ -16,24 +16,17 @@ namespace py = pybind11;
 using namespace pybind11::literals;
 using qdrift::py_interop::array_in;
 using qdrift::py_interop::array_out;
+using qdrift::py_interop::values_of;
 
 namespace {
-
-template <class T>
-std::vector<T> values_of(const py::object& obj) {
-  if (obj.is_none()) return {};
-  auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(obj);
-  QDRIFT_CHECK(a && a.ndim() <= 1, qdrift::ConfigError, "output stage parameters must be scalars or 1-D arrays");
-  return std::vector<T>(a.data(), a.data() + a.size());
-}
 
 qdrift::OutputStage stage_of(const std::string& method, const py::object& m, const py::object& shift,
                              const py::object& scale, std::int32_t act_min, std::int32_t act_max) {
   qdrift::OutputStage s;
   s.method = qdrift::parse_requant_method(method);
-  s.multiplier = values_of<std::int32_t>(m);
-  s.shift = values_of<int>(shift);
-  s.scale = values_of<double>(scale);
+  s.multiplier = values_of<std::int32_t>(m, "output stage parameters");
+  s.shift = values_of<int>(shift, "output stage parameters");
+  s.scale = values_of<double>(scale, "output stage parameters");
   s.zero_point = 0;
   s.act_min = act_min;
   s.act_max = act_max;

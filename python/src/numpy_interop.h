@@ -32,6 +32,16 @@ inline Shape shape_of(const py::array& a) {
   return s;
 }
 
+// The values of a scalar or 1-D array argument (None: empty), converted to T; for the small
+// parameter lists (multipliers, shifts, scales) of the integer output stages.
+template <class T>
+std::vector<T> values_of(const py::object& obj, const char* what) {
+  if (obj.is_none()) return {};
+  auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(obj);
+  QDRIFT_CHECK(a && a.ndim() <= 1, ConfigError, what, " must be scalars or 1-D arrays");
+  return std::vector<T>(a.data(), a.data() + a.size());
+}
+
 // A read-only view of `obj` as a C-contiguous array of T. Raises DTypeError (TypeError) for
 // another dtype and ShapeError (ValueError) for a non-contiguous array, naming `arg`.
 template <class T>
