@@ -434,6 +434,9 @@ void set_pointer(Json& root, const std::string& pointer, const Json& value, cons
   for (std::size_t t = 0; t < tokens.size(); ++t) {
     const std::string& tok = tokens[t];
     const bool last = t + 1 == tokens.size();
+    // A section the config leaves out is null once normalized (e.g. "state"): a sweep into it
+    // creates it, so a normalized config reads back as the original did.
+    if (cur->is_null() && t > 0) *cur = Json::object();
     if (cur->is_object()) {
       if (last) {
         (*cur)[tok] = value;

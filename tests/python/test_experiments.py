@@ -252,6 +252,19 @@ def test_example_configs_validate(path):
     assert len(points) == int(np.prod([len(v) for v in normalized["sweep"].values()]))
 
 
+def test_sweep_into_a_section_left_out_reads_back_normalized():
+    """A sweep over /quant/state/mode with no "state" section: the reader creates it; the
+    normalized config (where the absent section is null) reads back unchanged (found by the
+    fuzzer: the second read raised 'is null, not an object or array')."""
+    c = copy.deepcopy(BASE)
+    c["quant"].pop("state", None)
+    c["sweep"] = {"/quant/state/mode": ["static", "dynamic"]}
+    normalized = experiments.parse(c)
+    assert experiments.parse(normalized) == normalized
+    _, points = expand(normalized)
+    assert [json.loads(p.normalized)["quant"]["state"]["mode"] for p in points] == ["static", "dynamic"]
+
+
 # ---- one point: the same numbers as the model built by hand ---------------------------------------
 def test_point_equals_hand_built_model():
     r = experiments.run(BASE)
