@@ -44,6 +44,17 @@ def _litert_or_none(flatbuffer, kernels, x, tm, where):
         return None
 
 
+def _both_conversions(km, profile, cal):
+    """(the converter's file, qd.convert's model, the file read by qd.from_tflite); full-integer
+    profiles convert from the calibrator's ranges, so parameters can be compared exactly."""
+    flatbuffer, calibrated = convert_with_tf(km, profile, cal)
+    if calibrated is None:
+        ours = qd.convert(km, profile)
+    else:
+        ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, qd.convert(km, profile, calibration=cal)))
+    return flatbuffer, ours, qd.from_tflite(flatbuffer)
+
+
 def _tiny_scale(tm):
     """An activation scale below 1e-7: an activation that is all zero on the calibration data
     (a relu6 of negative values) gets a scale near 2e-6 / 255, and LiteRT's XNNPACK delegate can
@@ -540,13 +551,7 @@ def test_dilated_convolutions_equal_the_converter(rng, profile):
     for km in _dilated_models(rng):
         shape = km.input_shape[1:]
         cal = rng.normal(size=(4,) + shape).astype(np.float32)
-        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
-        theirs = qd.from_tflite(flatbuffer)
-        if calibrated is not None:
-            first = qd.convert(km, profile, calibration=cal)
-            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
-        else:
-            ours = qd.convert(km, profile)
+        flatbuffer, ours, theirs = _both_conversions(km, profile, cal)
         compare_models(ours, theirs, (km.name, profile))
         assert "SPACE_TO_BATCH_ND" in [op.name for op in ours.ops]
         x = rng.normal(size=(2,) + shape).astype(np.float32)
@@ -627,13 +632,7 @@ def test_dense_bias_moves_equal_the_converter(rng, profile):
         kinds = list(rng.permutation(_PAIR_KINDS))
         km = _dense_pairs_model(rng, kinds)
         cal = rng.normal(size=(4,) + km.input_shape[1:]).astype(np.float32)
-        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
-        theirs = qd.from_tflite(flatbuffer)
-        if calibrated is not None:
-            first = qd.convert(km, profile, calibration=cal)
-            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
-        else:
-            ours = qd.convert(km, profile)
+        flatbuffer, ours, theirs = _both_conversions(km, profile, cal)
         compare_models(ours, theirs, (km.name, profile, kinds))
         x = rng.normal(size=(2,) + km.input_shape[1:]).astype(np.float32)
         _, expected = run_litert(flatbuffer, "reference", x)
@@ -667,13 +666,7 @@ def test_dense_on_rank_n_inputs_equal_the_converter(rng, profile):
         km = keras.Sequential([keras.Input(shape)] + layers())
         randomize_weights(km, rng)
         cal = rng.normal(size=(4,) + shape).astype(np.float32)
-        flatbuffer, calibrated = convert_with_tf(km, profile, cal)
-        theirs = qd.from_tflite(flatbuffer)
-        if calibrated is not None:
-            first = qd.convert(km, profile, calibration=cal)
-            ours = qd.convert(km, profile, ranges=calibrated_ranges(calibrated, first))
-        else:
-            ours = qd.convert(km, profile)
+        flatbuffer, ours, theirs = _both_conversions(km, profile, cal)
         compare_models(ours, theirs, (km.name, profile))
         x = rng.normal(size=(2,) + shape).astype(np.float32)
         for kernels in RESOLVERS:
