@@ -9,12 +9,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from ai_edge_litert import interpreter as litert  # noqa: E402
 
 import qdrift as qd  # noqa: E402
-from timing import best_time  # noqa: E402
+from timing import RESOLVERS, best_time, litert_interpreter  # noqa: E402
 
-RESOLVERS = {"builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "xnnpack": "AUTO"}
 CASES = [
     ("dense 1x512 -> 512", (1, 512), lambda: keras.layers.Dense(512)),
     ("dense 64x256 -> 256", (64, 256), lambda: keras.layers.Dense(256)),
@@ -25,26 +23,11 @@ CASES = [
 ]
 
 
-def interpreter(flatbuffer, kernels, x):
-    it = litert.Interpreter(model_content=flatbuffer, num_threads=1,
-                            experimental_op_resolver_type=getattr(litert.OpResolverType, RESOLVERS[kernels]))
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    out = it.get_output_details()[0]["index"]
-
-    def call():
-        it.set_tensor(inp["index"], x)
-        it.invoke()
-        return it.get_tensor(out)
-    return call
-
-
 def measure(label, flatbuffer, x):
     tm = qd.from_tflite(flatbuffer)
     row = dict(case=label)
     for kernels in RESOLVERS:
-        call = interpreter(flatbuffer, kernels, x)
+        _, call = litert_interpreter(flatbuffer, kernels, x)
         expected = call()
         for path in ("auto", "reference"):   # the same bits, timed
             assert np.array_equal(tm.run(x, kernels=kernels, path=path), expected), (label, kernels, path)

@@ -10,13 +10,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from ai_edge_litert import interpreter as litert  # noqa: E402
 
 import keras  # noqa: E402
 import qdrift as qd  # noqa: E402
 from qdrift import _core  # noqa: E402
 from qdrift.tflite_kernels import output_stage  # noqa: E402
-from timing import best_time  # noqa: E402
+from timing import RESOLVERS, best_time, litert_interpreter  # noqa: E402
 
 CASES = [
     ("dense 1x512 -> 512", (1, 512), lambda: keras.layers.Dense(512)),
@@ -27,7 +26,6 @@ CASES = [
     ("conv 1x56x56x64, 3x3 s2 -> 128", (1, 56, 56, 64), lambda: keras.layers.Conv2D(128, 3, strides=2, padding="same")),
     ("depthwise 1x56x56x128, 3x3 same", (1, 56, 56, 128), lambda: keras.layers.DepthwiseConv2D(3, padding="same")),
 ]
-RESOLVERS = {"builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "xnnpack": "AUTO"}
 
 
 def convert(km, shape, rng):
@@ -39,17 +37,6 @@ def convert(km, shape, rng):
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     return conv.convert()
-
-
-def interpreter(flatbuffer, kernels, x):
-    it = litert.Interpreter(model_content=flatbuffer, num_threads=1,
-                            experimental_op_resolver_type=getattr(litert.OpResolverType, RESOLVERS[kernels]))
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp["index"], x)
-    it.invoke()
-    return it, it.get_tensor(it.get_output_details()[0]["index"])
 
 
 def qdrift_kernel(tm, kernels, x):
@@ -85,7 +72,8 @@ def run():
         x = rng.integers(-128, 128, shape).astype(np.int8)
         row = dict(case=label)
         for kernels in RESOLVERS:
-            it, expected = interpreter(flatbuffer, kernels, x)
+            it, call = litert_interpreter(flatbuffer, kernels, x)
+            expected = call()
             kernel = qdrift_kernel(tm, kernels, x)
             assert np.array_equal(kernel("fast").reshape(expected.shape), expected), (label, kernels)
             row[f"litert_{kernels}_ms"] = best_time(it.invoke) * 1e3
